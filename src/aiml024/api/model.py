@@ -1,0 +1,99 @@
+"""The Model: one immutable, registered model version and the evidence that gates it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import API_VERSION, ObjectMeta, StatusBase, Strict
+from .experiment import LeaderboardEntry
+
+Stage = Literal["none", "staging", "production", "archived"]
+Decision = Literal["allow", "deny", "require_approval"]
+
+
+class ModelSource(Strict):
+    """Where the model version came from: an experiment's trial, or an artifact with its digest."""
+
+    experiment: str | None = None
+    trial: int | None = None
+    workflow: str | None = None
+    artifact_uri: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _has_origin(self) -> ModelSource:
+        if self.experiment is None and self.artifact_uri is None:
+            raise ValueError("set source.experiment or source.artifactUri")
+        if self.artifact_uri is not None and self.sha256 is None:
+            raise ValueError("source.sha256 is required with source.artifactUri")
+        return self
+
+
+class ModelSpec(Strict):
+    source: ModelSource
+    task: Literal["classification", "regression"]
+    stage: Stage = Field(default="staging", description="The desired stage.")
+    owner: str | None = Field(default=None, description="Who authored this version.")
+    description: str = ""
+
+
+class Lineage(Strict):
+    dataset_uri: str
+    dataset_fingerprint: str
+    spec_hash: str
+    code_version: str
+    experiment: str | None = None
+    workflow: str | None = None
+    seed: int | None = None
+
+
+class PolicyDecision(Strict):
+    decision: Decision
+    violations: list[str] = Field(default_factory=list)
+    bundle_digest: str
+    stage: Stage
+    evaluated_at: datetime
+
+
+class Approval(Strict):
+    user: str
+    stage: Stage
+    at: datetime
+    comment: str = ""
+
+
+class Evidence(Strict):
+    """What a risk officer's policy can see besides metrics."""
+
+    model_card_uri: str | None = None
+    model_card_complete: bool = False
+    pii_columns: list[str] = Field(default_factory=list)
+    pii_action: str | None = None
+    fairness: dict[str, float] = Field(default_factory=dict)
+    calibration: dict[str, float] = Field(default_factory=dict)
+    explanation_uri: str | None = None
+
+
+class ModelStatus(StatusBase):
+    artifact_uri: str | None = None
+    sha256: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    baseline_metrics: dict[str, float] = Field(default_factory=dict)
+    primary_metric: str | None = None
+    evidence: Evidence = Field(default_factory=Evidence)
+    leaderboard: list[LeaderboardEntry] = Field(default_factory=list)
+    policy: PolicyDecision | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+    stage: Stage = "none"
+    lineage: Lineage | None = None
+
+
+class Model(Strict):
+    api_version: Literal["aiml024.io/v1alpha1"] = API_VERSION
+    kind: Literal["Model"] = "Model"
+    metadata: ObjectMeta
+    spec: ModelSpec
+    status: ModelStatus | None = None
