@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 # ../shared/schemas beside the checkout; AIML024_SCHEMAS overrides for other layouts.
-SCHEMAS = REPO.parent / "shared" / "schemas"
+SCHEMAS = Path(os.environ.get("AIML024_SCHEMAS", REPO.parent / "shared" / "schemas"))
 
 
 @pytest.fixture(scope="session")
