@@ -1,0 +1,250 @@
+# Unit tests for promotion.rego. Run with `opa test policies/` or through pytest
+# (tests/unit/test_policy_gate.py runs every test_ rule with regorus).
+package aiml024.promotion
+
+import rego.v1
+
+good_model := {
+	"name": "churn-v3",
+	"namespace": "risk",
+	"task": "classification",
+	"owner": "alice",
+	"primaryMetric": "auc",
+	"metrics": {"auc": 0.84, "f1": 0.71},
+	"baselineMetrics": {"auc": 0.78, "f1": 0.60},
+	"evidence": {
+		"modelCardUri": "s3://aiml024-artifacts/churn/model_card.md",
+		"modelCardComplete": true,
+		"piiColumns": ["email"],
+		"piiAction": "mask",
+		"fairness": {"sex_demographic_parity_disparity": 0.04, "sex_selection_rate": 0.9},
+		"calibration": {"brier": 0.12},
+	},
+	"lineage": {
+		"datasetUri": "s3://data/churn.parquet",
+		"datasetFingerprint": "fp-123",
+		"specHash": "spec-456",
+		"codeVersion": "0.1.0",
+	},
+	"sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+	"artifactUri": "s3://aiml024-artifacts/churn/bundle",
+	"labels": {},
+}
+
+bob_approves := [{"user": "bob", "stage": "production", "at": "2024-05-01T10:00:00Z"}]
+
+prod(m) := {"model": m, "stage": "production", "approvals": bob_approves, "config": {}}
+
+prod_result(m) := r if r := result with input as prod(m)
+
+patched(patch) := object.union(good_model, patch)
+
+without(key) := object.remove(good_model, [key])
+
+# object.union merges nested objects; replaced swaps a whole field.
+replaced(key, value) := object.union(without(key), {key: value})
+
+regression_model(metrics, baseline) := object.union(
+	object.remove(good_model, ["metrics", "baselineMetrics"]),
+	{"task": "regression", "primaryMetric": "rmse", "metrics": metrics, "baselineMetrics": baseline},
+)
+
+denied_with(r, msg) if {
+	r.decision == "deny"
+	msg in r.violations
+}
+
+denied_with_rule(r, rule) if {
+	r.decision == "deny"
+	some v in r.violations
+	startswith(v, concat("", [rule, ":"]))
+}
+
+# --- decisions -------------------------------------------------------------------------
+
+test_good_model_with_non_owner_approval_is_allowed if {
+	prod_result(good_model) == {"decision": "allow", "violations": []}
+}
+
+test_good_model_without_approval_requires_approval if {
+	r := result with input as {"model": good_model, "stage": "production", "approvals": []}
+	r.decision == "require_approval"
+	r.violations == ["approval_required: promotion to production needs an approval from someone other than the owner alice (approved so far by: nobody)"]
+}
+
+test_owner_approval_does_not_count if {
+	approvals := [{"user": "Alice", "stage": "production", "at": "2024-05-01T10:00:00Z"}]
+	r := result with input as {"model": good_model, "stage": "production", "approvals": approvals}
+	r.decision == "require_approval"
+	r.violations == ["approval_required: promotion to production needs an approval from someone other than the owner alice (approved so far by: Alice)"]
+}
+
+test_staging_approval_does_not_count_for_production if {
+	approvals := [{"user": "bob", "stage": "staging", "at": "2024-05-01T10:00:00Z"}]
+	r := result with input as {"model": good_model, "stage": "production", "approvals": approvals}
+	r.decision == "require_approval"
+}
+
+test_approval_does_not_override_a_violation if {
+	denied_with(prod_result(patched({"metrics": {"auc": 0.61}})), "metric_below_threshold: auc 0.61 < 0.70")
+}
+
+# --- metrics ---------------------------------------------------------------------------
+
+test_classification_auc_below_threshold if {
+	r := prod_result(patched({"metrics": {"auc": 0.61}, "baselineMetrics": {"auc": 0.55}}))
+	r == {"decision": "deny", "violations": ["metric_below_threshold: auc 0.61 < 0.70"]}
+}
+
+test_auc_just_below_threshold_is_not_rounded_up if {
+	r := prod_result(patched({"metrics": {"auc": 0.699}, "baselineMetrics": {"auc": 0.55}}))
+	denied_with(r, "metric_below_threshold: auc 0.6990 < 0.70")
+}
+
+test_regression_r2_below_threshold if {
+	m := regression_model({"rmse": 3.1, "r2": 0.21}, {"rmse": 4.0})
+	prod_result(m) == {"decision": "deny", "violations": ["metric_below_threshold: r2 0.21 < 0.30"]}
+}
+
+test_required_metric_missing if {
+	m := regression_model({"rmse": 3.1}, {"rmse": 4.0})
+	denied_with(prod_result(m), "metric_missing: r2 is required for regression models (minimum 0.30) but the model reports rmse")
+}
+
+test_thresholds_are_data if {
+	m := patched({"metrics": {"auc": 0.61}, "baselineMetrics": {"auc": 0.55}})
+	tuned := object.union(data.aiml024.thresholds, {"minimum_metrics": {"classification": {"auc": 0.6}}})
+	r := result with input as prod(m) with data.aiml024.thresholds as tuned
+	r.decision == "allow"
+}
+
+test_missing_thresholds_deny if {
+	r := result with input as prod(good_model) with data.aiml024.thresholds as null
+	denied_with(r, "policy_error: data.aiml024.thresholds is not loaded (policies/data.json)")
+}
+
+# --- baseline --------------------------------------------------------------------------
+
+test_not_better_than_baseline if {
+	r := prod_result(patched({"metrics": {"auc": 0.74}, "baselineMetrics": {"auc": 0.76}}))
+	r == {"decision": "deny", "violations": ["not_better_than_baseline: auc 0.74 does not beat the baseline's 0.76 (higher is better)"]}
+}
+
+test_equal_to_baseline_does_not_beat_it if {
+	denied_with_rule(prod_result(patched({"baselineMetrics": {"auc": 0.84}})), "not_better_than_baseline")
+}
+
+test_lower_is_better_metric_beats_baseline_when_lower if {
+	m := regression_model({"rmse": 3.1, "r2": 0.5}, {"rmse": 4.0})
+	prod_result(m).decision == "allow"
+}
+
+test_lower_is_better_metric_higher_than_baseline_denies if {
+	m := regression_model({"rmse": 4.5, "r2": 0.5}, {"rmse": 4.0})
+	denied_with(prod_result(m), "not_better_than_baseline: rmse 4.50 does not beat the baseline's 4.00 (lower is better)")
+}
+
+test_baseline_missing if {
+	m := replaced("baselineMetrics", {"f1": 0.5})
+	denied_with(prod_result(m), "baseline_missing: no baseline auc to compare against (baseline reports f1)")
+}
+
+test_primary_metric_missing if {
+	denied_with_rule(prod_result(without("primaryMetric")), "primary_metric_missing")
+}
+
+# --- evidence --------------------------------------------------------------------------
+
+test_model_card_missing if {
+	m := replaced("evidence", object.remove(good_model.evidence, ["modelCardUri"]))
+	denied_with(prod_result(m), "model_card_missing: no model card (evidence.modelCardUri is not set)")
+}
+
+test_model_card_incomplete if {
+	m := patched({"evidence": {"modelCardComplete": false}})
+	denied_with(prod_result(m), "model_card_incomplete: the model card at s3://aiml024-artifacts/churn/model_card.md is incomplete; fill in its missing sections")
+}
+
+test_pii_found_without_masking if {
+	m := patched({"evidence": {"piiColumns": ["ssn", "email"], "piiAction": "keep"}})
+	denied_with(prod_result(m), `pii_unhandled: PII columns email, ssn were found and piiAction is "keep"; set piiAction to one of mask, drop`)
+}
+
+test_pii_found_without_action if {
+	m := replaced("evidence", object.remove(good_model.evidence, ["piiAction"]))
+	denied_with(prod_result(m), `pii_unhandled: PII columns email were found and piiAction is null; set piiAction to one of mask, drop`)
+}
+
+test_pii_dropped_is_allowed if {
+	prod_result(patched({"evidence": {"piiAction": "drop"}})).decision == "allow"
+}
+
+test_no_pii_needs_no_action if {
+	m := replaced("evidence", object.union(good_model.evidence, {"piiColumns": [], "piiAction": null}))
+	prod_result(m).decision == "allow"
+}
+
+test_fairness_disparity_above_threshold if {
+	m := patched({"evidence": {"fairness": {"sex_demographic_parity_disparity": 0.23}}})
+	denied_with(prod_result(m), "fairness_disparity: sex_demographic_parity_disparity 0.23 > 0.10")
+}
+
+test_fairness_keys_without_disparity_suffix_are_not_limits if {
+	prod_result(patched({"evidence": {"fairness": {"sex_selection_rate": 0.95}}})).decision == "allow"
+}
+
+# --- integrity: artifact, digest, lineage ---------------------------------------------
+
+test_lineage_missing if {
+	denied_with(prod_result(without("lineage")), "lineage_missing: lineage.datasetFingerprint, lineage.specHash, lineage.codeVersion not recorded; promotion needs the dataset fingerprint, spec hash and code version")
+}
+
+test_lineage_partly_missing if {
+	m := replaced("lineage", object.remove(good_model.lineage, ["specHash"]))
+	denied_with(prod_result(m), "lineage_missing: lineage.specHash not recorded; promotion needs the dataset fingerprint, spec hash and code version")
+}
+
+test_sha256_missing if {
+	denied_with(prod_result(without("sha256")), "sha256_missing: the model has no sha256 digest, so its artifact cannot be verified")
+}
+
+test_sha256_invalid if {
+	denied_with(prod_result(patched({"sha256": "abc"})), "sha256_invalid: abc is not a sha256 digest (64 lower-case hex characters)")
+}
+
+test_artifact_missing if {
+	denied_with(prod_result(without("artifactUri")), "artifact_missing: the model has no artifactUri; register the model bundle first")
+}
+
+# --- staging, archived, unknown stages -------------------------------------------------
+
+test_staging_ignores_quality_and_approvals if {
+	weak := object.union(object.remove(good_model, ["metrics", "evidence"]), {"metrics": {"auc": 0.51}, "evidence": {}})
+	r := result with input as {"model": weak, "stage": "staging", "approvals": []}
+	r == {"decision": "allow", "violations": []}
+}
+
+test_staging_denies_missing_sha256 if {
+	r := result with input as {"model": without("sha256"), "stage": "staging", "approvals": []}
+	r == {"decision": "deny", "violations": ["sha256_missing: the model has no sha256 digest, so its artifact cannot be verified"]}
+}
+
+test_staging_denies_missing_lineage if {
+	r := result with input as {"model": without("lineage"), "stage": "staging", "approvals": []}
+	denied_with_rule(r, "lineage_missing")
+}
+
+test_staging_denies_missing_artifact if {
+	r := result with input as {"model": without("artifactUri"), "stage": "staging", "approvals": []}
+	denied_with_rule(r, "artifact_missing")
+}
+
+test_archived_is_always_allowed if {
+	r := result with input as {"model": {}, "stage": "archived", "approvals": []}
+	r == {"decision": "allow", "violations": []}
+}
+
+test_unknown_stage_is_denied if {
+	r := result with input as {"model": good_model, "stage": "prod", "approvals": bob_approves}
+	r == {"decision": "deny", "violations": ["unknown_stage: prod is not a stage; use staging, production or archived"]}
+}

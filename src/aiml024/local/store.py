@@ -1,0 +1,211 @@
+"""The embedded object store: what etcd and the API server do in a cluster, as files.
+
+Layout under the state directory (`.aiml024/`, or `$AIML024_HOME`):
+    objects/<plural>/<namespace>/<name>.json   every object, spec and status together
+    events.jsonl                               Kubernetes-style events, newest last
+Writes are atomic (temporary file, fsync, rename) under a lock, so a crash or a concurrent
+command never leaves a half-written object. Like the API server, the store stamps uid,
+resourceVersion, creationTimestamp, and bumps metadata.generation only when the spec changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ..api import NAMES
+
+DEFAULT_NAMESPACE = "default"
+
+
+class StoreBusy(RuntimeError):
+    """Another command holds the control plane (for example a running `aiml024 apply`)."""
+
+
+class NotFound(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def state_home(cwd: Path | None = None) -> Path:
+    env = os.environ.get("AIML024_HOME")
+    return Path(env).resolve() if env else (cwd or Path.cwd()).resolve() / ".aiml024"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plural(kind: str) -> str:
+    return NAMES[kind][0] if kind in NAMES else kind.lower() + "s"
+
+
+class Store:
+    def __init__(self, home: Path):
+        self.home = home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(home / ".store.lock"), timeout=30)
+
+    # -- objects ------------------------------------------------------------------------------
+
+    def _path(self, kind: str, name: str, namespace: str) -> Path:
+        return self.home / "objects" / _plural(kind) / namespace / f"{name}.json"
+
+    def get(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        path = self._path(kind, name, namespace)
+        if not path.exists():
+            raise NotFound(f'{_plural(kind)} "{name}" not found')
+        return json.loads(path.read_text())
+
+    def find(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any] | None:
+        try:
+            return self.get(kind, name, namespace)
+        except NotFound:
+            return None
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        root = self.home / "objects" / _plural(kind)
+        pattern = f"{namespace}/*.json" if namespace else "*/*.json"
+        return [json.loads(p.read_text()) for p in sorted(root.glob(pattern))]
+
+    def _next_version(self) -> str:
+        counter = self.home / "resourceVersion"
+        value = int(counter.read_text()) + 1 if counter.exists() else 1
+        write_atomic(counter, str(value))
+        return str(value)
+
+    def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create or update an object's spec, metadata labels and annotations.
+
+        Returns the stored object and whether its generation changed (a new spec).
+        Status is owned by the controllers and kept as it was.
+        """
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or DEFAULT_NAMESPACE
+        with self._lock:
+            current = self.find(obj["kind"], meta["name"], namespace)
+            if current is None:
+                stored = {
+                    **{k: v for k, v in obj.items() if k != "status"},
+                    "metadata": {
+                        **meta,
+                        "namespace": namespace,
+                        "uid": str(uuid.uuid4()),
+                        "generation": 1,
+                        "creationTimestamp": now_iso(),
+                    },
+                }
+                changed = True
+            else:
+                changed = current.get("spec") != obj.get("spec")
+                stored = {
+                    **current,
+                    "spec": obj.get("spec"),
+                    "metadata": {
+                        **current["metadata"],
+                        "labels": meta.get("labels", {}),
+                        "annotations": meta.get("annotations", {}),
+                        "generation": current["metadata"]["generation"] + int(changed),
+                    },
+                }
+            stored["metadata"]["resourceVersion"] = self._next_version()
+            write_atomic(self._path(obj["kind"], meta["name"], namespace), _dump(stored))
+            return stored, changed
+
+    def update_status(
+        self, kind: str, name: str, status: dict[str, Any], namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, Any]:
+        """Replace an object's status (the status subresource)."""
+        with self._lock:
+            current = self.get(kind, name, namespace)
+            current["status"] = status
+            current["metadata"]["resourceVersion"] = self._next_version()
+            write_atomic(self._path(kind, name, namespace), _dump(current))
+            return current
+
+    def delete(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
+        with self._lock:
+            path = self._path(kind, name, namespace)
+            existed = path.exists()
+            path.unlink(missing_ok=True)
+            return existed
+
+    # -- events -------------------------------------------------------------------------------
+
+    def record_event(
+        self, obj: dict[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        event = {
+            "involvedObject": {
+                "kind": obj["kind"],
+                "name": obj["metadata"]["name"],
+                "namespace": obj["metadata"].get("namespace", DEFAULT_NAMESPACE),
+                "uid": obj["metadata"].get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "lastTimestamp": now_iso(),
+        }
+        with self._lock, (self.home / "events.jsonl").open("a") as handle:
+            handle.write(json.dumps(event) + "\n")
+
+    def events_for(self, kind: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        path = self.home / "events.jsonl"
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        mine = [
+            e for e in events
+            if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name
+        ]  # fmt: skip
+        return mine[-limit:]
+
+    # -- exclusive control ----------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the control plane for one long command; a second one fails at once."""
+        marker = self.home / "apply.owner"
+        lock = FileLock(str(self.home / "apply.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = marker.read_text().strip() if marker.exists() else "another command"
+            raise StoreBusy(
+                f"another aiml024 command is running against {self.home} ({owner}); "
+                "wait for it to finish"
+            ) from None
+        try:
+            write_atomic(marker, f"{what}, pid {os.getpid()}, since {now_iso()}")
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
+            lock.release()
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"

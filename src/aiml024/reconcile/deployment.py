@@ -1,0 +1,98 @@
+"""Decisions for a Deployment, shared by the embedded control plane and the kopf operator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..api import Deployment, DeploymentStatus, Model, set_condition
+
+
+class NotServable(Exception):
+    """The Deployment cannot serve yet; the message says what it waits for."""
+
+
+@dataclass(frozen=True)
+class PlannedPredictor:
+    role: str  # stable, canary or shadow
+    model: str
+    artifact_uri: str
+    sha256: str
+    task: str
+    weight: int
+    shadow: bool = False
+
+
+def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
+    model = models.get(name)
+    if model is None:
+        raise NotServable(f"model {name} not found")
+    status = model.status
+    if status is None or not status.artifact_uri or not status.sha256:
+        raise NotServable(f"model {name} has no registered artifact yet")
+    required = dep.spec.require_stage
+    if required != "any" and status.stage != required:
+        raise NotServable(f"model {name} is in stage {status.stage}, the deployment requires {required}")
+    return model
+
+
+def plan_predictors(dep: Deployment, models: dict[str, Model]) -> list[PlannedPredictor]:
+    """Which model versions serve and with what share of traffic (weights sum to 100)."""
+    strategy = dep.spec.strategy
+
+    def predictor(role: str, name: str, weight: int, shadow: bool = False) -> PlannedPredictor:
+        model = _servable(dep, name, models)
+        assert model.status is not None and model.status.artifact_uri and model.status.sha256
+        return PlannedPredictor(
+            role=role, model=name, artifact_uri=model.status.artifact_uri,
+            sha256=model.status.sha256, task=model.spec.task, weight=weight, shadow=shadow,
+        )  # fmt: skip
+
+    if strategy.type in ("canary", "ab") and strategy.canary is not None:
+        share = strategy.canary.weight if strategy.type == "canary" else 50
+        return [
+            predictor("stable", dep.spec.model, 100 - share),
+            predictor("canary", strategy.canary.model, share),
+        ]
+    if strategy.type == "shadow" and strategy.shadow is not None:
+        return [
+            predictor("stable", dep.spec.model, 100),
+            predictor("shadow", strategy.shadow.model, 0, shadow=True),
+        ]
+    return [predictor("stable", dep.spec.model, 100)]
+
+
+def deployment_status(
+    dep: Deployment,
+    plan: list[PlannedPredictor] | None,
+    endpoint: str | None,
+    now: datetime,
+    waiting: str | None = None,
+) -> DeploymentStatus:
+    """Status after an attempt to serve `plan` (None with `waiting`: could not serve yet)."""
+    previous = dep.status or DeploymentStatus()
+    generation = dep.metadata.generation or 1
+    status = DeploymentStatus(
+        observed_generation=generation,
+        conditions=list(previous.conditions),
+        slo_state=previous.slo_state,
+        last_rollback=previous.last_rollback,
+        drift=dict(previous.drift),
+    )
+    if plan is None or endpoint is None:
+        status.phase = "Pending"
+        status.conditions = set_condition(
+            status.conditions, "Ready", "False", "WaitingForModel", waiting or "waiting", now,
+            generation,
+        )  # fmt: skip
+        return status
+    status.phase = "Serving"
+    status.endpoint = endpoint
+    status.traffic = {p.role: p.weight for p in plan}
+    status.models = {p.role: p.sha256 for p in plan}
+    served = ", ".join(f"{p.model} ({p.role}, {p.weight}%)" for p in plan)
+    status.conditions = set_condition(
+        status.conditions, "Ready", "True", "Serving", f"serving {served} at {endpoint}", now,
+        generation,
+    )  # fmt: skip
+    return status

@@ -1,0 +1,42 @@
+"""Decisions for a Model: what the policy decision means for its stage, and who may approve."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..api import Model, ModelStatus, set_condition
+from ..policy import GateResult, promotion_decision
+
+_REASON = {"allow": "PolicyAllowed", "require_approval": "ApprovalRequired", "deny": "PolicyDenied"}
+_PHASE = {"require_approval": "PendingApproval", "deny": "Denied"}
+
+
+def status_after_gate(model: Model, gate: GateResult, now: datetime) -> ModelStatus:
+    """Record the policy decision; the actual stage moves only when the policy allows."""
+    status = (model.status or ModelStatus()).model_copy(deep=True)
+    generation = model.metadata.generation or 1
+    status.observed_generation = generation
+    status.policy = gate.as_policy_decision(now)
+    new_stage, reason = promotion_decision(model, model.spec.stage, gate)
+    if new_stage is not None:
+        status.stage = new_stage  # type: ignore[assignment]
+    status.conditions = set_condition(
+        status.conditions, "Promoted", "True" if new_stage else "False",
+        _REASON[gate.decision], reason, now, generation,
+    )  # fmt: skip
+    status.phase = _PHASE.get(gate.decision) or status.stage.capitalize()
+    return status
+
+
+def approval_problem(model: Model, user: str, stage: str) -> str | None:
+    """Why `user` may not approve `model` for `stage`, or None when they may."""
+    owner = model.spec.owner
+    if owner and user.lower() == owner.lower():
+        return (
+            f"{user} authored model {model.metadata.name} and cannot approve it "
+            "(four eyes: another person must approve)"
+        )
+    approvals = (model.status or ModelStatus()).approvals
+    if any(a.user == user and a.stage == stage for a in approvals):
+        return f"{user} has already approved model {model.metadata.name} for {stage}"
+    return None

@@ -1,0 +1,298 @@
+"""The promotion gate: the product's Rego policy, its tests, and failing closed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aiml024.api.common import ObjectMeta
+from aiml024.api.model import (
+    Approval,
+    Evidence,
+    Lineage,
+    Model,
+    ModelSource,
+    ModelSpec,
+    ModelStatus,
+)
+from aiml024.policy import (
+    GateResult,
+    default_policy_dir,
+    evaluate,
+    policy_input,
+    promotion_decision,
+)
+from aiml024.policy.engine import rego_tests, run_rego_test
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+WHEN = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def make_model(owner: str = "alice", **status: object) -> Model:
+    fields: dict[str, object] = {
+        "artifact_uri": "s3://aiml024-artifacts/churn/bundle",
+        "sha256": "ab" * 32,
+        "primary_metric": "auc",
+        "metrics": {"auc": 0.84, "f1": 0.71},
+        "baseline_metrics": {"auc": 0.78},
+        "evidence": Evidence(
+            model_card_uri="s3://aiml024-artifacts/churn/model_card.md",
+            model_card_complete=True,
+            pii_columns=["email"],
+            pii_action="mask",
+            fairness={"sex_demographic_parity_disparity": 0.03},
+        ),
+        "lineage": Lineage(
+            dataset_uri="s3://data/churn.parquet",
+            dataset_fingerprint="fp-1",
+            spec_hash="spec-1",
+            code_version="0.1.0",
+        ),
+    }
+    fields.update(status)
+    return Model(
+        metadata=ObjectMeta(name="churn-v3", namespace="risk"),
+        spec=ModelSpec(
+            source=ModelSource(experiment="churn"),
+            task="classification",
+            stage="production",
+            owner=owner,
+        ),
+        status=ModelStatus(**fields),
+    )
+
+
+def approval(user: str, stage: str = "production") -> Approval:
+    return Approval(user=user, stage=stage, at=WHEN)
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    """A copy of the product's policies that a test may change."""
+    return Path(shutil.copytree(POLICIES, tmp_path / "policies"))
+
+
+# --- the Rego unit tests, one pytest test per test_ rule -----------------------------------
+
+
+@pytest.mark.parametrize("rule", rego_tests(POLICIES), ids=lambda rule: rule.rsplit(".", 1)[-1])
+def test_rego_unit_test_passes(rule: str) -> None:
+    assert run_rego_test(POLICIES, rule), f"{rule} failed (policies/promotion_test.rego)"
+
+
+def test_every_violation_rule_has_a_rego_test() -> None:
+    policy = (POLICIES / "promotion.rego").read_text()
+    tests = (POLICIES / "promotion_test.rego").read_text()
+    rule_ids = set(re.findall(r'"([a-z0-9_]+): ', policy))
+    assert {"metric_below_threshold", "not_better_than_baseline", "pii_unhandled"} <= rule_ids
+    untested = sorted(r for r in rule_ids if f"{r}:" not in tests and f'"{r}"' not in tests)
+    assert untested == []
+
+
+# --- decisions a user sees -----------------------------------------------------------------
+
+
+def test_good_model_with_a_non_owner_approval_is_allowed() -> None:
+    result = evaluate(make_model(), "production", POLICIES, [approval("bob")])
+    assert (result.decision, result.violations) == ("allow", [])
+    assert result.stage == "production"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", result.bundle_digest)
+
+
+def test_owner_approval_does_not_count() -> None:
+    result = evaluate(make_model(), "production", POLICIES, [approval("alice")])
+    assert result.decision == "require_approval"
+    assert result.violations == [
+        "approval_required: promotion to production needs an approval from someone other "
+        "than the owner alice (approved so far by: alice)"
+    ]
+
+
+def test_approvals_default_to_those_recorded_on_the_model() -> None:
+    model = make_model(approvals=[approval("bob")])
+    assert evaluate(model, "production", POLICIES).decision == "allow"
+
+
+def test_weak_model_is_denied_with_the_metric_and_threshold() -> None:
+    model = make_model(metrics={"auc": 0.61}, baseline_metrics={"auc": 0.55})
+    result = evaluate(model, "production", POLICIES, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations == ["metric_below_threshold: auc 0.61 < 0.70"]
+
+
+def test_staging_needs_lineage_but_not_quality() -> None:
+    weak = make_model(metrics={"auc": 0.55})
+    assert evaluate(weak, "staging", POLICIES).decision == "allow"
+    result = evaluate(make_model(lineage=None, sha256=None), "staging", POLICIES)
+    assert result.decision == "deny"
+    assert result.violations == [
+        "lineage_missing: lineage.datasetFingerprint, lineage.specHash, lineage.codeVersion "
+        "not recorded; promotion needs the dataset fingerprint, spec hash and code version",
+        "sha256_missing: the model has no sha256 digest, so its artifact cannot be verified",
+    ]
+
+
+# --- failing closed ------------------------------------------------------------------------
+
+
+def test_missing_policy_directory_denies(tmp_path: Path) -> None:
+    result = evaluate(make_model(), "production", tmp_path / "nope", [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations == [
+        f"policy_error: policy directory {tmp_path / 'nope'} does not exist"
+    ]
+
+
+def test_directory_with_only_tests_denies(tmp_path: Path) -> None:
+    shutil.copy(POLICIES / "promotion_test.rego", tmp_path)
+    result = evaluate(make_model(), "production", tmp_path, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations[0].startswith("policy_error: no policies (*.rego")
+
+
+def test_syntax_error_denies_with_policy_error(policy_dir: Path) -> None:
+    (policy_dir / "extra.rego").write_text("package aiml024.promotion\n\nallow if {\n")
+    result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations == ["policy_error: extra.rego:4:1: expecting expression"]
+
+
+def test_runtime_error_denies_with_policy_error(policy_dir: Path) -> None:
+    (policy_dir / "promotion.rego").write_text(
+        "package aiml024.promotion\n\n"
+        "n := count(input.approvals)\n\n"
+        'result := {"decision": "allow", "violations": [sprintf("%v", [1 / n])]}\n'
+    )
+    result = evaluate(make_model(), "production", policy_dir, [])
+    assert result.decision == "deny"
+    assert result.violations == [
+        "policy_error: evaluating data.aiml024.promotion.result failed: "
+        "promotion.rego:5:65: divide by zero"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ("other := 1", "data.aiml024.promotion.result is undefined"),
+        ('result := "allow"', "data.aiml024.promotion.result is malformed: expected an object"),
+        ('result := {"decision": "yes"}', "decision must be one of allow, deny, require_approval"),
+        ('result := {"decision": "allow", "violations": [1]}', "violations must be a list"),
+    ],
+)
+def test_missing_or_malformed_result_denies(policy_dir: Path, rule: str, problem: str) -> None:
+    (policy_dir / "promotion.rego").write_text(f"package aiml024.promotion\n\n{rule}\n")
+    result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations[0].startswith("policy_error: ")
+    assert problem in result.violations[0]
+
+
+def test_invalid_data_json_denies(policy_dir: Path) -> None:
+    (policy_dir / "data.json").write_text("{not json")
+    result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations[0].startswith("policy_error: data.json: ")
+
+
+def test_missing_thresholds_deny(policy_dir: Path) -> None:
+    (policy_dir / "data.json").unlink()
+    result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
+    assert result.decision == "deny"
+    assert "policy_error: data.aiml024.thresholds is not loaded (policies/data.json)" in (
+        result.violations
+    )
+
+
+# --- the bundle digest ---------------------------------------------------------------------
+
+
+def test_digest_changes_when_a_policy_or_threshold_changes(policy_dir: Path) -> None:
+    model, approvals = make_model(), [approval("bob")]
+    before = evaluate(model, "production", policy_dir, approvals).bundle_digest
+    test_file = policy_dir / "promotion_test.rego"
+    test_file.write_text(test_file.read_text() + "\n# a comment in a test file\n")
+    assert evaluate(model, "production", policy_dir, approvals).bundle_digest == before
+
+    policy = policy_dir / "promotion.rego"
+    policy.write_text(policy.read_text() + "\n# a comment\n")
+    after_policy = evaluate(model, "production", policy_dir, approvals).bundle_digest
+    assert after_policy != before
+
+    data = policy_dir / "data.json"
+    data.write_text(data.read_text().replace('"max_disparity": 0.1', '"max_disparity": 0.05'))
+    assert evaluate(model, "production", policy_dir, approvals).bundle_digest != after_policy
+
+
+# --- the input document and the promotion decision -----------------------------------------
+
+
+def test_policy_input_is_the_documented_document() -> None:
+    doc = policy_input(make_model(), "production", [approval("bob")])
+    assert set(doc) == {"model", "stage", "approvals", "config"}
+    assert doc["stage"] == "production"
+    assert doc["approvals"] == [
+        {"user": "bob", "stage": "production", "at": "2024-05-01T10:00:00Z", "comment": ""}
+    ]
+    model = doc["model"]
+    assert model["owner"] == "alice"
+    assert model["primaryMetric"] == "auc"
+    assert model["baselineMetrics"] == {"auc": 0.78}
+    assert model["evidence"]["modelCardComplete"] is True
+    assert model["evidence"]["piiAction"] == "mask"
+    assert model["lineage"]["datasetFingerprint"] == "fp-1"
+    assert model["sha256"] == "ab" * 32
+
+
+def test_policy_input_without_status() -> None:
+    model = make_model().model_copy(update={"status": None})
+    doc = policy_input(model, "staging")
+    assert doc["model"]["lineage"] == {}
+    assert doc["model"]["sha256"] is None
+    assert doc["approvals"] == []
+
+
+def test_only_allow_promotes() -> None:
+    model = make_model()
+    allow = GateResult("allow", [], "sha256:abc", "production")
+    assert promotion_decision(model, "production", allow) == (
+        "production",
+        "churn-v3 promoted to production (policy sha256:abc)",
+    )
+    wait = GateResult("require_approval", ["approval_required: x"], "sha256:abc", "production")
+    assert promotion_decision(model, "production", wait) == (
+        None,
+        "churn-v3 waits for approval before production: approval_required: x",
+    )
+    deny = GateResult("deny", ["sha256_missing: y", "lineage_missing: z"], "", "production")
+    assert promotion_decision(model, "production", deny) == (
+        None,
+        "promotion of churn-v3 to production denied: sha256_missing: y; lineage_missing: z",
+    )
+    stale = promotion_decision(model, "staging", allow)
+    assert stale[0] is None
+    assert "not staging" in stale[1]
+
+
+def test_gate_result_records_as_the_model_status_policy() -> None:
+    result = evaluate(make_model(), "production", POLICIES, [approval("bob")])
+    recorded = result.as_policy_decision(WHEN)
+    assert recorded.decision == "allow"
+    assert recorded.bundle_digest == result.bundle_digest
+
+
+def test_default_policy_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AIML024_POLICY_DIR", raising=False)
+    assert default_policy_dir() == POLICIES
+    monkeypatch.setenv("AIML024_POLICY_DIR", str(tmp_path))
+    assert default_policy_dir() == tmp_path
+
+
+def test_nan_metric_denies_instead_of_passing() -> None:
+    result = evaluate(make_model(metrics={"auc": float("nan")}), "production", POLICIES)
+    assert result.decision == "deny"
+    assert result.violations[0].startswith("policy_error: the input document is not valid JSON")
