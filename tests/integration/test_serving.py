@@ -1,0 +1,234 @@
+"""Serving: a real MLServer started by aiml024.local.server, serving real bundles."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlserver")
+pytest.importorskip("sklearn")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.compose import ColumnTransformer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
+
+from aiml024.local.server import (  # noqa: E402
+    Predictor,
+    ServerInfo,
+    ServerStartError,
+    server_alive,
+    start_server,
+    stop_server,
+)
+from aiml024.runtime.bundle import BundleMeta, InputColumn, save_bundle  # noqa: E402
+
+ROWS = [
+    {"customer_id": "c-1", "tenure": 2.0, "plan": "basic"},
+    {"customer_id": "c-2", "tenure": 48.0, "plan": "pro"},
+    {"customer_id": "c-3", "tenure": 30.0, "plan": "basic"},
+]
+
+
+def _bundle(directory: Path, c: float) -> str:
+    """A churn-like classifier on a numeric, a categorical and an id column; returns sha256."""
+    rng = np.random.default_rng(0)
+    n = 80
+    frame = pd.DataFrame(
+        {"tenure": rng.integers(1, 60, n).astype(float), "plan": rng.choice(["basic", "pro"], n)}
+    )
+    churn = np.where((frame["tenure"] < 20) | (frame["plan"] == "basic"), "yes", "no")
+    features = ColumnTransformer(
+        [("num", StandardScaler(), ["tenure"]), ("cat", OneHotEncoder(), ["plan"])]
+    )
+    pipeline = Pipeline([("features", features), ("clf", LogisticRegression(C=c))])
+    pipeline.fit(frame, churn)
+    meta = BundleMeta(
+        task="classification",
+        target="churn",
+        id_column="customer_id",
+        columns=[
+            InputColumn(name="tenure", dtype="numeric"),
+            InputColumn(name="plan", dtype="categorical"),
+        ],
+        classes=[str(c) for c in pipeline.classes_],
+    )
+    return save_bundle(directory, pipeline, meta)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {name: (root / name, _bundle(root / name, c)) for name, c in [("v1", 1.0), ("v2", 0.1)]}
+
+
+@pytest.fixture(scope="module")
+def server(
+    bundles: dict[str, tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory
+) -> ServerInfo:
+    """Deployment "churn": stable churn-v1 at 80 %, canary churn-v2 at 20 %, a shadow."""
+    (v1, sha1), (v2, sha2) = bundles["v1"], bundles["v2"]
+    predictors = [
+        Predictor(name="churn-v1", bundle_dir=v1, sha256=sha1, weight=80, deployment="churn"),
+        Predictor(
+            name="churn-v2", bundle_dir=v2, sha256=sha2, weight=20, deployment="churn",
+            role="canary",
+        ),
+        Predictor(
+            name="churn-shadow", bundle_dir=v1, sha256=sha1, weight=0, deployment="churn",
+            role="shadow", shadow=True,
+        ),
+    ]  # fmt: skip
+    info = start_server("churn", predictors, tmp_path_factory.mktemp("serve"))
+    yield info
+    stop_server(info)
+
+
+def _v2_request(rows: list[dict], content_type: str | None = "pd") -> dict:
+    frame = pd.DataFrame(rows)
+    inputs = [
+        {
+            "name": column,
+            "datatype": "FP64" if frame[column].dtype.kind == "f" else "BYTES",
+            "shape": [len(frame), 1],
+            "data": frame[column].tolist(),
+        }
+        for column in frame.columns
+    ]
+    request: dict = {"inputs": inputs}
+    if content_type:
+        request["parameters"] = {"content_type": content_type}
+    return request
+
+
+def _outputs(response: httpx.Response) -> dict[str, list]:
+    assert response.status_code == 200, response.text
+    return {o["name"]: o["data"] for o in response.json()["outputs"]}
+
+
+@pytest.mark.parametrize("content_type", ["pd", None], ids=["pandas-codec", "no-content-type"])
+def test_v2_infer_returns_label_and_score_per_row(server: ServerInfo, content_type) -> None:
+    response = httpx.post(
+        f"{server.url}/v2/models/churn-v1/infer", json=_v2_request(ROWS, content_type)
+    )
+    outputs = _outputs(response)
+    assert outputs["customer_id"] == ["c-1", "c-2", "c-3"]
+    assert set(outputs["label"]) <= {"yes", "no"} and len(outputs["label"]) == 3
+    assert all(0.0 <= s <= 1.0 for s in outputs["score"])
+    assert outputs["label"][0] == "yes"  # short tenure on the basic plan churns
+
+
+def test_product_endpoint_echoes_ids_with_latency_and_version(
+    server: ServerInfo, bundles: dict[str, tuple[Path, str]]
+) -> None:
+    response = httpx.post(server.routes["churn"], json={"instances": ROWS})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["customer_id"] for p in body["predictions"]] == ["c-1", "c-2", "c-3"]
+    assert all(set(p) == {"customer_id", "label", "score"} for p in body["predictions"])
+    assert isinstance(body["latency_ms"], float) and body["latency_ms"] >= 0
+    served = body["model"].removeprefix("churn-")
+    assert body["version"] == bundles[served][1][:12]
+
+
+def test_product_endpoint_splits_traffic_by_weight(server: ServerInfo) -> None:
+    models = [
+        httpx.post(server.routes["churn"], json={"instances": ROWS[:1]}).json()["model"]
+        for _ in range(20)
+    ]
+    # Weighted round-robin is exact over any window of 5 requests (80/20).
+    assert models.count("churn-v2") == 4 and models.count("churn-v1") == 16
+
+
+@pytest.mark.parametrize("endpoint", ["v2", "product"])
+def test_unknown_column_is_a_400_naming_it(server: ServerInfo, endpoint: str) -> None:
+    rows = [{"customer_id": "c-9", "tenure": 5.0, "plna": "basic"}]
+    if endpoint == "v2":
+        response = httpx.post(f"{server.url}/v2/models/churn-v1/infer", json=_v2_request(rows))
+    else:
+        response = httpx.post(server.routes["churn"], json={"instances": rows})
+    assert response.status_code == 400
+    assert "plna" in response.json()["error"]
+
+
+def test_text_in_a_numeric_column_is_a_400_naming_it(server: ServerInfo) -> None:
+    rows = [{"customer_id": "c-9", "tenure": "long", "plan": "basic"}]
+    response = httpx.post(server.routes["churn"], json={"instances": rows})
+    assert response.status_code == 400
+    assert "tenure" in response.json()["error"]
+    response = httpx.post(f"{server.url}/v2/models/churn-v1/infer", json=_v2_request(rows))
+    assert response.status_code == 400
+    assert "tenure" in response.json()["error"]
+
+
+def test_prediction_metrics_are_exposed(server: ServerInfo) -> None:
+    httpx.post(server.routes["churn"], json={"instances": ROWS})
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+    assert 'aiml024_prediction_rows_total{endpoint="rest"' in text
+    assert "aiml024_prediction_seconds_bucket" in text
+    assert 'aiml024_prediction_rows_total{endpoint="shadow",model_name="churn-shadow"' in text
+
+
+def test_bundle_with_another_digest_refuses_to_load(
+    bundles: dict[str, tuple[Path, str]], tmp_path: Path
+) -> None:
+    path, _ = bundles["v1"]
+    wrong = "0" * 64
+    predictor = Predictor(
+        name="churn-v1", bundle_dir=f"file://{path}", sha256=wrong, deployment="churn"
+    )
+    with pytest.raises(ServerStartError, match="digest mismatch") as raised:
+        start_server("churn", [predictor], tmp_path)
+    assert wrong in str(raised.value)
+
+
+def test_stop_server_leaves_nothing_behind(
+    bundles: dict[str, tuple[Path, str]], tmp_path: Path
+) -> None:
+    path, sha = bundles["v1"]
+    predictor = Predictor(name="churn-v1", bundle_dir=path, sha256=sha, deployment="churn")
+    info = start_server("churn", [predictor], tmp_path)
+    info = ServerInfo.model_validate_json(info.model_dump_json())  # as the control plane stores it
+    assert server_alive(info)
+
+    stop_server(info)
+
+    assert not server_alive(info)
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+    with socket.socket() as sock:  # the port is free again
+        sock.bind(("127.0.0.1", info.http_port))
+    stop_server(info)  # already gone: no error
+
+
+def test_runtime_loads_a_bundle_from_a_remote_store(bundles: dict[str, tuple[Path, str]]) -> None:
+    """Any fsspec URL works: the bundle is downloaded, digest-checked, then served."""
+    import asyncio
+
+    import fsspec
+    from mlserver.settings import ModelSettings
+
+    from aiml024.runtime.serving import Aiml024Runtime
+
+    path, sha = bundles["v1"]
+    store = fsspec.filesystem("memory")
+    for file in path.iterdir():
+        store.pipe(f"/registry/churn-v1/{file.name}", file.read_bytes())
+    settings = ModelSettings(
+        name="churn-v1",
+        implementation=Aiml024Runtime,
+        parameters={"uri": "memory://registry/churn-v1", "extra": {"sha256": sha}},
+    )
+    runtime = Aiml024Runtime(settings)
+
+    assert asyncio.run(runtime.load())
+    predictions = runtime.predict_records(ROWS[:1])
+    asyncio.run(runtime.unload())
+
+    assert predictions[0]["customer_id"] == "c-1" and predictions[0]["label"] == "yes"
