@@ -39,6 +39,9 @@ class BundleMeta(BaseModel):
     learner: str = ""
     members: list[str] = Field(default_factory=list)
     code_version: str = ""
+    # Columns seen in training but not used (empty, constant, dropped PII): clients still send
+    # them, so requests carrying them are accepted and the values ignored.
+    ignored_columns: list[str] = Field(default_factory=list)
 
 
 class Bundle:
@@ -69,7 +72,7 @@ class Bundle:
         return out
 
     def _known_columns(self) -> set[str]:
-        known = {c.name for c in self.meta.columns} | {self.meta.target}
+        known = {c.name for c in self.meta.columns} | {self.meta.target, *self.meta.ignored_columns}
         if self.meta.id_column:
             known.add(self.meta.id_column)
         return known

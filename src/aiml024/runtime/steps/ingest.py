@@ -1,0 +1,55 @@
+"""ingest: read spec.data into the `dataset` artifact (Parquet) and describe what was read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aiml024.api.data_steps import IngestResult
+from aiml024.runtime.data import (
+    apply_types,
+    dataset_fingerprint,
+    infer_types,
+    read_table,
+    write_parquet,
+)
+from aiml024.runtime.steps import StepError, spec_from
+
+DATASET_FILE = "dataset.parquet"
+
+
+def _checked_columns(df: pd.DataFrame, uri: str) -> pd.DataFrame:
+    """Column names as unique strings (Parquet allows integer names; duplicates are ambiguous)."""
+    names = [str(c) for c in df.columns]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StepError(f"data.uri {uri} has duplicate columns: {', '.join(duplicates)}")
+    return df.set_axis(names, axis=1)
+
+
+def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
+    spec = spec_from(params)
+    if spec.data.sql is not None or spec.data.uri is None:
+        raise StepError(
+            "data.sql is not supported by the local runtime yet; export the query result to "
+            "CSV or Parquet and set data.uri"
+        )
+    uri = spec.data.uri
+    df = _checked_columns(read_table(uri, spec.data.format), uri)
+    if len(df) == 0:
+        columns = ", ".join(df.columns) or "none"
+        raise StepError(f"data.uri {uri} has no rows (columns: {columns})")
+
+    types = infer_types(df, spec)
+    df = apply_types(df, types)
+    outputs.mkdir(parents=True, exist_ok=True)
+    write_parquet(df, outputs / DATASET_FILE)
+    return IngestResult(
+        uri=uri,
+        rows=len(df),
+        columns=list(df.columns),
+        types=types,
+        fingerprint=dataset_fingerprint(df),
+    ).wire()

@@ -1,0 +1,230 @@
+"""Validate: data checks a user would hit, PII handling, and the clean and report artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import EXAMPLES
+
+from aiml024.api.data_steps import ValidateResult
+from aiml024.runtime.steps import StepError, ingest, validate
+
+CHURN = EXAMPLES / "churn" / "data" / "churn.csv.gz"
+
+
+def params(**spec_fields) -> dict:
+    spec = {
+        "task": "classification",
+        "data": {"uri": "unused.csv"},
+        "target": "label",
+        "split": {"folds": 3},
+        **spec_fields,
+    }
+    return {
+        "experiment": "t",
+        "spec": spec,
+        "artifactStore": "",
+        "studyStorage": "",
+        "codeVersion": "0",
+        "workflow": "t-g1",
+    }
+
+
+def frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "customer": [f"c{i:05d}" for i in range(n)],
+            "amount": rng.normal(50, 10, n).round(2),
+            "plan": rng.choice(["basic", "plus", "pro"], n),
+            "label": rng.integers(0, 2, n),
+        }
+    )
+
+
+def run_on(df: pd.DataFrame, tmp_path: Path, **spec_fields) -> dict:
+    inputs = tmp_path / "in"
+    inputs.mkdir(exist_ok=True)
+    df.to_parquet(inputs / "dataset", index=False)
+    return validate.run(params(**spec_fields), inputs, tmp_path / "out")
+
+
+class TestChurn:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def validated(cls, tmp_path_factory) -> tuple[dict, Path]:
+        root = tmp_path_factory.mktemp("churn")
+        spec = {
+            "data": {"uri": str(CHURN)},
+            "target": "churned",
+            "idColumn": "customer_id",
+            "features": {"textColumns": ["last_message"]},
+        }
+        ingested = ingest.run(params(**spec), root / "ingest-in", root / "ingest-out")
+        (root / "in").mkdir()
+        # The executor copies the artifact file to inputs/<artifact-name>.
+        shutil.copy(root / "ingest-out" / "dataset.parquet", root / "in" / "dataset")
+        result = validate.run({**params(**spec), "ingest": ingested}, root / "in", root / "out")
+        return result, root / "out"
+
+    def test_result(self, validated):
+        result, _ = validated
+        ValidateResult.model_validate(result)
+        assert result["rows"] == 24_000 and result["droppedRows"] == 0
+        assert result["pii"] == {"email": "email", "phone": "phone"}
+        assert result["piiAction"] == "mask"
+        assert result["targetClasses"][0]["value"] == 0 and result["targetClasses"][1]["value"] == 1
+        assert sum(c["count"] for c in result["targetClasses"]) == 24_000
+        assert 0.2 <= result["positiveRate"] <= 0.27 and result["positiveClass"] == 1
+
+    def test_types_after_masking(self, validated):
+        types = validated[0]["types"]
+        assert types["email"] == "categorical"  # the domain is a feature, the mailbox is gone
+        assert types["phone"] == "categorical"
+        assert types["last_message"] == "text"
+        assert types["signup_date"] == "datetime"
+        assert types["region"] == "categorical"
+        assert types["customer_id"] == "id"
+
+    def test_clean_is_masked_and_report_is_written(self, validated):
+        _, out = validated
+        clean = pd.read_parquet(out / "clean")
+        assert clean["email"].dropna().str.match(r"^<email>@[a-z.]+$").all()
+        assert set(clean["phone"].dropna()) == {"<phone>"}
+        assert clean["customer_id"].str.startswith("CUST-").all()
+        report = json.loads((out / "report").read_text())
+        assert report["columns"]["email"]["pii"] == "email"
+        assert report["columns"]["region"]["cardinality"] == 40
+        assert report["problems"] == []
+
+
+class TestTarget:
+    def test_missing_target_lists_the_columns(self, tmp_path):
+        with pytest.raises(StepError) as error:
+            run_on(frame(), tmp_path, target="lable")
+        message = str(error.value)
+        assert "target 'lable' is not a column of the dataset" in message
+        assert "did you mean 'label'?" in message
+        assert "available columns: customer, amount, plan, label" in message
+
+    def test_one_class(self, tmp_path):
+        df = frame().assign(label=0)
+        with pytest.raises(
+            StepError,
+            match=r"target 'label' has one class \(0\): a classifier "
+            r"needs at least two",
+        ):
+            run_on(df, tmp_path)
+        # The report is written anyway, with the problem in it.
+        report = json.loads((tmp_path / "out" / "report").read_text())
+        assert report["problems"] and "one class" in report["problems"][0]
+
+    def test_each_class_needs_two_rows_per_fold(self, tmp_path):
+        df = frame()
+        df.loc[:4, "label"] = 2  # five rows; three folds need six
+        with pytest.raises(StepError, match=r"at least 6 rows for 3 folds.*class 2 has 5"):
+            run_on(df, tmp_path)
+
+    def test_rows_without_a_target_are_dropped_with_a_warning(self, tmp_path):
+        df = frame().astype({"label": "float64"})
+        df.loc[:9, "label"] = np.nan
+        result = run_on(df, tmp_path)
+        assert result["rows"] == 110 and result["droppedRows"] == 10
+        assert any(
+            "dropped 10 of 120 rows whose target 'label' is missing" in w
+            for w in result["warnings"]
+        )
+        assert [c["value"] for c in result["targetClasses"]] == [0, 1]  # 0.0/1.0 back to ints
+        assert pd.read_parquet(tmp_path / "out" / "clean")["label"].dtype == np.int64
+
+    def test_too_few_rows(self, tmp_path):
+        with pytest.raises(StepError, match="the dataset has 20 rows; training needs at least 50"):
+            run_on(frame(20), tmp_path)
+
+    def test_regression_needs_a_numeric_target(self, tmp_path):
+        df = frame().assign(price=["cheap", "dear"] * 60)
+        with pytest.raises(
+            StepError,
+            match=r"target 'price' is not numeric \(values such as "
+            r"'cheap', 'dear' in 120 rows\)",
+        ):
+            run_on(df, tmp_path, task="regression", target="price", objective="minimize_rmse")
+
+    def test_regression_accepts_numbers(self, tmp_path):
+        result = run_on(frame(), tmp_path, task="regression", target="amount")
+        assert "targetClasses" not in result and "positiveRate" not in result
+
+    def test_id_and_time_columns_must_exist(self, tmp_path):
+        with pytest.raises(StepError) as error:
+            run_on(frame(), tmp_path, idColumn="customer_id", timeColumn="ts")
+        assert "idColumn 'customer_id' is not a column" in str(error.value)
+        assert "timeColumn 'ts' is not a column" in str(error.value)
+
+
+class TestColumns:
+    def test_empty_and_constant_columns_are_dropped(self, tmp_path):
+        df = frame().assign(nothing=np.nan, same="x", sparse=[None] * 119 + ["y"])
+        result = run_on(df, tmp_path)
+        assert result["droppedColumns"] == {"nothing": "empty", "same": "constant"}
+        assert "column 'nothing' has no values; dropped" in result["warnings"]
+        assert set(pd.read_parquet(tmp_path / "out" / "clean").columns) == {
+            "customer",
+            "amount",
+            "plan",
+            "label",
+            "sparse",
+        }
+
+    def test_identifier_like_columns_are_flagged(self, tmp_path):
+        result = run_on(frame(), tmp_path)
+        assert result["types"]["customer"] == "id"
+        assert any("'customer' looks like an identifier" in w for w in result["warnings"])
+
+
+class TestPii:
+    @pytest.fixture
+    def with_pii(self) -> pd.DataFrame:
+        df = frame()
+        df["email"] = [f"user{i}@{'gmail.com' if i % 2 else 'corp.io'}" for i in range(len(df))]
+        df["name"] = [f"Person {i}" for i in range(len(df))]
+        return df
+
+    def test_fail_names_the_columns(self, tmp_path, with_pii):
+        with pytest.raises(
+            StepError,
+            match=r"PII found in columns email \(email\), name \(name\) "
+            r"and pii.action is fail",
+        ):
+            run_on(with_pii, tmp_path, pii={"action": "fail"})
+
+    def test_drop_removes_the_columns(self, tmp_path, with_pii):
+        result = run_on(with_pii, tmp_path, pii={"action": "drop"})
+        assert result["pii"] == {"email": "email", "name": "name"}
+        assert result["droppedColumns"] == {"email": "pii (email)", "name": "pii (name)"}
+        assert "email" not in pd.read_parquet(tmp_path / "out" / "clean").columns
+
+    def test_mask_keeps_domains(self, tmp_path, with_pii):
+        result = run_on(with_pii, tmp_path)
+        clean = pd.read_parquet(tmp_path / "out" / "clean")
+        assert set(clean["email"]) == {"<email>@gmail.com", "<email>@corp.io"}
+        assert result["types"]["email"] == "categorical"
+        # Every name masks to the same token: constant, so it carries nothing and is dropped.
+        assert result["droppedColumns"] == {"name": "constant"}
+
+    def test_scan_off_leaves_data_alone(self, tmp_path, with_pii):
+        result = run_on(with_pii, tmp_path, pii={"scan": False, "action": "fail"})
+        assert result["pii"] == {} and result["piiAction"] == "none"
+
+    def test_directory_artifact(self, tmp_path, with_pii):
+        (tmp_path / "in" / "dataset").mkdir(parents=True)
+        with_pii.to_parquet(tmp_path / "in" / "dataset" / "dataset.parquet", index=False)
+        assert validate.run(params(), tmp_path / "in", tmp_path / "out")["rows"] == 120
+
+    def test_missing_artifact(self, tmp_path):
+        with pytest.raises(StepError, match="validate needs the ingest artifact"):
+            validate.run(params(), tmp_path, tmp_path / "out")
