@@ -199,7 +199,7 @@ class TestIngestStep:
         assert result["rows"] == 24_000
         assert result["uri"] == str(CHURN)
         assert result["types"]["signup_date"] == "datetime"
-        written = pd.read_parquet(out / "dataset.parquet")
+        written = pd.read_parquet(out / "dataset")
         assert pd.api.types.is_datetime64_any_dtype(written["last_active"])
         assert result["fingerprint"] == dataset_fingerprint(written)
         again = ingest.run(params_for(str(CHURN)), tmp_path / "in", tmp_path / "out2")

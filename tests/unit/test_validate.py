@@ -68,7 +68,7 @@ class TestChurn:
         ingested = ingest.run(params(**spec), root / "ingest-in", root / "ingest-out")
         (root / "in").mkdir()
         # The executor copies the artifact file to inputs/<artifact-name>.
-        shutil.copy(root / "ingest-out" / "dataset.parquet", root / "in" / "dataset")
+        shutil.copy(root / "ingest-out" / "dataset", root / "in" / "dataset")
         result = validate.run({**params(**spec), "ingest": ingested}, root / "in", root / "out")
         return result, root / "out"
 

@@ -38,6 +38,9 @@ CLASSIFICATION_OBJECTIVES: tuple[str, ...] = (
 REGRESSION_OBJECTIVES: tuple[str, ...] = ("minimize_rmse", "minimize_mae", "maximize_r2")
 
 Learner = Literal["lightgbm", "xgboost", "random_forest", "extra_trees", "linear", "knn"]
+DEFAULT_LEARNERS: list[Learner] = ["lightgbm", "xgboost"]
+DatePart = Literal["year", "month", "day", "dayofweek", "hour", "dayofyear"]
+DEFAULT_DATE_PARTS: list[DatePart] = ["year", "month", "dayofweek", "dayofyear"]
 
 
 class SqlSource(Strict):
@@ -90,7 +93,7 @@ class Search(Strict):
         default=300, ge=1, description="Wall-clock budget of the search step, kept by the runtime."
     )
     parallelism: int = Field(default=1, ge=1, le=64)
-    learners: list[Learner] = Field(default_factory=lambda: ["lightgbm", "xgboost"], min_length=1)
+    learners: list[Learner] = Field(default_factory=lambda: list(DEFAULT_LEARNERS), min_length=1)
     warm_start: bool = True
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     ensemble: Ensemble = Field(default_factory=Ensemble)
@@ -107,9 +110,7 @@ class Features(Strict):
         default_factory=list, description="Free-text columns; inferred when empty."
     )
     text: TextFeatures = Field(default_factory=TextFeatures)
-    datetime_parts: list[Literal["year", "month", "day", "dayofweek", "hour", "dayofyear"]] = (
-        Field(default_factory=lambda: ["year", "month", "dayofweek", "dayofyear"])
-    )
+    datetime_parts: list[DatePart] = Field(default_factory=lambda: list(DEFAULT_DATE_PARTS))
     drop_columns: list[str] = Field(default_factory=list)
 
 

@@ -17,7 +17,7 @@ from aiml024.runtime.data import (
 )
 from aiml024.runtime.steps import StepError, spec_from
 
-DATASET_FILE = "dataset.parquet"
+DATASET_FILE = "dataset"  # the artifact name: the Workflow reads /aiml024/outputs/dataset
 
 
 def _checked_columns(df: pd.DataFrame, uri: str) -> pd.DataFrame:

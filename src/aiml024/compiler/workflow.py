@@ -1,0 +1,208 @@
+"""Experiment -> Argo Workflow (`argoproj.io/v1alpha1`), as docs/CONTRACTS.md specifies.
+
+The local executor runs this document as is, so the compiler emits only this Argo subset:
+
+- Workflow: `apiVersion`, `kind`, `metadata.{name, namespace, labels}`, and
+  `spec.{entrypoint, serviceAccountName, arguments.parameters[].{name, value}, podMetadata.labels,
+  podGC.strategy, ttlStrategy.{secondsAfterSuccess, secondsAfterFailure}, templates}`.
+- DAG template: `name`, `dag.tasks[].{name, template, dependencies,
+  arguments.parameters[].{name, value}, arguments.artifacts[].{name, from}}`.
+- Container templates: `name`, `inputs.parameters[].name`, `inputs.artifacts[].{name, path}`,
+  `outputs.parameters[].{name, valueFrom.path}`, `outputs.artifacts[].{name, path}`,
+  `container.{image, imagePullPolicy, command, args, resources.{requests, limits}}`,
+  `activeDeadlineSeconds` (search), `retryStrategy.{limit, retryPolicy}` (ingest),
+  `nodeSelector` and `tolerations` (search, only when the spec asks).
+- Expressions: `{{workflow.name}}`, `{{workflow.parameters.<name>}}`,
+  `{{inputs.parameters.<name>}}`, `{{tasks.<task>.outputs.parameters.result}}` and
+  `{{tasks.<task>.outputs.artifacts.<name>}}`.
+
+Earlier steps' results reach a container as input parameters named after the step, because
+Argo resolves `{{tasks.*}}` only in a DAG task's arguments, never inside a template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiml024.api import Experiment
+from aiml024.api.experiment import SUPPORTED_TASKS, Resources
+
+from .options import MANAGED_BY, CompileError, CompileOptions, canonical_json, child_name
+
+STEPS = ("ingest", "validate", "search", "evaluate", "register")
+INPUTS_DIR = "/aiml024/inputs"
+OUTPUTS_DIR = "/aiml024/outputs"
+RESULT = "result"
+
+# step -> (input artifacts, output artifacts); each input is the output of the same name.
+ARTIFACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ingest": ((), ("dataset",)),
+    "validate": (("dataset",), ("clean", "report")),
+    "search": (("clean",), ("search",)),
+    "evaluate": (("clean", "search"), ("bundle", "card")),
+    "register": (("bundle", "card"), ()),
+}
+# Workflow parameter -> key in the step's --params JSON (all strings except `spec`).
+GLOBAL_PARAMS = {
+    "experiment": "experiment",
+    "artifact-store": "artifactStore",
+    "study-storage": "studyStorage",
+    "code-version": "codeVersion",
+}
+
+# The search step stops itself at its time budget; the deadline is only a backstop for a hung
+# pod, so it allows for data loading, ensembling and the final refit on top of the budget.
+DEADLINE_FACTOR = 2
+DEADLINE_MARGIN_SECONDS = 600
+# Keep finished workflows long enough for the operator to read them and for people to debug.
+TTL_AFTER_SUCCESS_SECONDS = 24 * 3600
+TTL_AFTER_FAILURE_SECONDS = 7 * 24 * 3600
+
+
+def _producer(artifact: str) -> str:
+    return next(step for step, (_, outputs) in ARTIFACTS.items() if artifact in outputs)
+
+
+def workflow_name(exp: Experiment) -> str:
+    """`<experiment>-g<generation>`: a new spec generation gets a new workflow."""
+    return child_name(exp.metadata.name, f"-g{exp.metadata.generation or 1}")
+
+
+def _params_json(step: str) -> str:
+    """The --params argument: JSON once Argo has substituted every expression in it.
+
+    String parameters sit inside quotes; `spec` and the earlier results are JSON objects, so
+    they go in unquoted. The options' strings are checked for quotes and backslashes up front.
+    """
+    fields = {key: f'"{{{{workflow.parameters.{param}}}}}"' for param, key in GLOBAL_PARAMS.items()}
+    fields["spec"] = "{{workflow.parameters.spec}}"
+    fields["workflow"] = '"{{workflow.name}}"'
+    for earlier in STEPS[: STEPS.index(step)]:
+        fields[earlier] = f"{{{{inputs.parameters.{earlier}}}}}"
+    return "{" + ",".join(f'"{key}":{fields[key]}' for key in sorted(fields)) + "}"
+
+
+def _resources(resources: Resources, gpu: bool) -> dict[str, Any]:
+    # Memory limit = request (OOM is predictable); no CPU limit, so steps are not throttled.
+    limits: dict[str, Any] = {"memory": resources.memory}
+    if gpu and resources.gpu:
+        limits["nvidia.com/gpu"] = resources.gpu
+    return {"requests": {"cpu": resources.cpu, "memory": resources.memory}, "limits": limits}
+
+
+def _step_template(step: str, exp: Experiment, options: CompileOptions) -> dict[str, Any]:
+    inputs, outputs = ARTIFACTS[step]
+    resources = exp.spec.resources
+    container: dict[str, Any] = {"image": options.image}
+    if options.image_pull_policy:
+        container["imagePullPolicy"] = options.image_pull_policy
+    container |= {
+        "command": ["python", "-m", "aiml024.runtime", step],
+        "args": [
+            "--params",
+            _params_json(step),
+            "--inputs",
+            INPUTS_DIR,
+            "--outputs",
+            OUTPUTS_DIR,
+        ],
+        "resources": _resources(resources, gpu=step == "search"),
+    }
+    template: dict[str, Any] = {"name": step}
+    earlier = STEPS[: STEPS.index(step)]
+    if earlier or inputs:
+        template["inputs"] = {}
+        if earlier:
+            template["inputs"]["parameters"] = [{"name": name} for name in earlier]
+        if inputs:
+            template["inputs"]["artifacts"] = [
+                {"name": name, "path": f"{INPUTS_DIR}/{name}"} for name in inputs
+            ]
+    template["outputs"] = {
+        "parameters": [{"name": RESULT, "valueFrom": {"path": f"{OUTPUTS_DIR}/result.json"}}]
+    }
+    if outputs:
+        template["outputs"]["artifacts"] = [
+            {"name": name, "path": f"{OUTPUTS_DIR}/{name}"} for name in outputs
+        ]
+    template["container"] = container
+    if step == "ingest":
+        # Data sources fail transiently (network, throttling); one retry, never more.
+        template["retryStrategy"] = {"limit": 1, "retryPolicy": "OnFailure"}
+    if step == "search":
+        budget = exp.spec.search.time_budget_seconds
+        template["activeDeadlineSeconds"] = DEADLINE_FACTOR * budget + DEADLINE_MARGIN_SECONDS
+        if resources.node_selector:
+            template["nodeSelector"] = dict(sorted(resources.node_selector.items()))
+        if resources.tolerations:
+            template["tolerations"] = [t.wire() for t in resources.tolerations]
+    return template
+
+
+def _dag_task(step: str) -> dict[str, Any]:
+    task: dict[str, Any] = {"name": step, "template": step}
+    index = STEPS.index(step)
+    if index:
+        task["dependencies"] = [STEPS[index - 1]]
+    arguments: dict[str, Any] = {}
+    if index:
+        arguments["parameters"] = [
+            {"name": earlier, "value": f"{{{{tasks.{earlier}.outputs.parameters.{RESULT}}}}}"}
+            for earlier in STEPS[:index]
+        ]
+    if ARTIFACTS[step][0]:
+        arguments["artifacts"] = [
+            {"name": name, "from": f"{{{{tasks.{_producer(name)}.outputs.artifacts.{name}}}}}"}
+            for name in ARTIFACTS[step][0]
+        ]
+    if arguments:
+        task["arguments"] = arguments
+    return task
+
+
+def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -> dict[str, Any]:
+    """The Argo Workflow that trains `exp`; the same input always gives the same document."""
+    options = options or CompileOptions()
+    if exp.spec.task not in SUPPORTED_TASKS:
+        raise CompileError(
+            f"spec.task: {exp.spec.task} is not supported yet; "
+            f"use one of {', '.join(SUPPORTED_TASKS)}"
+        )
+    generation = exp.metadata.generation or 1
+    labels = {
+        "aiml024.io/experiment": exp.metadata.name,
+        "aiml024.io/generation": str(generation),
+        **MANAGED_BY,
+    }
+    metadata: dict[str, Any] = {"name": workflow_name(exp)}
+    if exp.metadata.namespace:
+        metadata["namespace"] = exp.metadata.namespace
+    metadata["labels"] = labels
+    parameters = {
+        "experiment": exp.metadata.name,
+        "spec": canonical_json(exp.spec.wire()),
+        "artifact-store": options.artifact_store,
+        "study-storage": options.study_storage,
+        "code-version": options.code_version,
+    }
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": metadata,
+        "spec": {
+            "entrypoint": "automl",
+            "serviceAccountName": options.service_account,
+            "arguments": {"parameters": [{"name": k, "value": v} for k, v in parameters.items()]},
+            "podMetadata": {"labels": dict(labels)},
+            # Failed pods stay for `kubectl logs`; successful ones go at once.
+            "podGC": {"strategy": "OnPodSuccess"},
+            "ttlStrategy": {
+                "secondsAfterSuccess": TTL_AFTER_SUCCESS_SECONDS,
+                "secondsAfterFailure": TTL_AFTER_FAILURE_SECONDS,
+            },
+            "templates": [
+                {"name": "automl", "dag": {"tasks": [_dag_task(step) for step in STEPS]}},
+                *(_step_template(step, exp, options) for step in STEPS),
+            ],
+        },
+    }

@@ -1,0 +1,257 @@
+"""Experiment -> Argo Workflow: the shape docs/CONTRACTS.md promises the runtime and executor."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from tests.conftest import EXAMPLES
+
+from aiml024.api import Experiment, parse_object
+from aiml024.compiler import CompileError, CompileOptions, compile_experiment
+from aiml024.compiler.workflow import STEPS
+
+
+def experiment(spec: dict[str, Any] | None = None, **metadata: Any) -> Experiment:
+    document = yaml.safe_load((EXAMPLES / "churn" / "experiment.yaml").read_text())
+    document["metadata"] |= metadata
+    document["spec"] |= spec or {}
+    obj = parse_object(document)
+    assert isinstance(obj, Experiment)
+    return obj
+
+
+def templates(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in workflow["spec"]["templates"]}
+
+
+def dag_tasks(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in templates(workflow)["automl"]["dag"]["tasks"]}
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    """Argo's single-pass `{{...}}` substitution, as the local executor does it."""
+    return re.sub(r"\{\{([^{}]+)\}\}", lambda m: values[m.group(1).strip()], text)
+
+
+class TestDag:
+    def test_runs_the_five_steps_in_order(self) -> None:
+        tasks = dag_tasks(compile_experiment(experiment()))
+        assert list(tasks) == list(STEPS)
+        assert "dependencies" not in tasks["ingest"]
+        for before, after in zip(STEPS, STEPS[1:], strict=False):
+            assert tasks[after]["dependencies"] == [before]
+
+    def test_entrypoint_account_and_parameters(self) -> None:
+        exp = experiment()
+        wf = compile_experiment(exp, CompileOptions(study_storage="postgresql://optuna@db/x"))
+        assert wf["spec"]["entrypoint"] == "automl"
+        assert wf["spec"]["serviceAccountName"] == "aiml024-runtime"
+        params = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+        assert params["experiment"] == "churn"
+        assert json.loads(params["spec"]) == exp.spec.wire()
+        assert params["spec"] == json.dumps(exp.spec.wire(), sort_keys=True, separators=(",", ":"))
+        assert params["artifact-store"] == "s3://aiml024-artifacts"
+        assert params["study-storage"] == "postgresql://optuna@db/x"
+        assert all(isinstance(v, str) for v in params.values())
+
+    def test_artifacts_flow_from_producer_to_consumer(self) -> None:
+        wf = compile_experiment(experiment())
+        tasks, by_name = dag_tasks(wf), templates(wf)
+        produced = {
+            a["name"]: step for step in STEPS for a in by_name[step]["outputs"].get("artifacts", [])
+        }
+        assert set(produced) == {"dataset", "clean", "report", "search", "bundle", "card"}
+        consumed = {
+            "validate": ["dataset"],
+            "search": ["clean"],
+            "evaluate": ["clean", "search"],
+            "register": ["bundle", "card"],
+        }
+        for step, names in consumed.items():
+            args = tasks[step]["arguments"]["artifacts"]
+            assert [a["name"] for a in args] == names
+            for arg in args:
+                assert arg["from"] == (
+                    f"{{{{tasks.{produced[arg['name']]}.outputs.artifacts.{arg['name']}}}}}"
+                )
+            inputs = by_name[step]["inputs"]["artifacts"]
+            assert inputs == [{"name": n, "path": f"/aiml024/inputs/{n}"} for n in names]
+        for step in STEPS:
+            for out in by_name[step]["outputs"].get("artifacts", []):
+                assert out["path"] == f"/aiml024/outputs/{out['name']}"
+
+    def test_every_step_exposes_result_json(self) -> None:
+        by_name = templates(compile_experiment(experiment()))
+        for step in STEPS:
+            assert by_name[step]["outputs"]["parameters"] == [
+                {"name": "result", "valueFrom": {"path": "/aiml024/outputs/result.json"}}
+            ]
+
+
+class TestContainers:
+    def test_command_and_args(self) -> None:
+        by_name = templates(compile_experiment(experiment(), CompileOptions(image="img:1")))
+        for step in STEPS:
+            container = by_name[step]["container"]
+            assert container["image"] == "img:1"
+            assert container["command"] == ["python", "-m", "aiml024.runtime", step]
+            args = container["args"]
+            assert args[0] == "--params" and args[2:] == [
+                "--inputs",
+                "/aiml024/inputs",
+                "--outputs",
+                "/aiml024/outputs",
+            ]
+            assert "imagePullPolicy" not in container
+
+    def test_params_become_valid_json_after_substitution(self) -> None:
+        exp = experiment()
+        wf = compile_experiment(exp)
+        tasks, by_name = dag_tasks(wf), templates(wf)
+        results = {step: {"step": step, "nested": {"list": [1, 2.5, None]}} for step in STEPS}
+        values = {
+            f"workflow.parameters.{p['name']}": p["value"]
+            for p in wf["spec"]["arguments"]["parameters"]
+        }
+        values["workflow.name"] = wf["metadata"]["name"]
+        values |= {
+            f"tasks.{s}.outputs.parameters.result": json.dumps(r) for s, r in results.items()
+        }
+        for index, step in enumerate(STEPS):
+            inputs = {
+                f"inputs.parameters.{p['name']}": substitute(p["value"], values)
+                for p in tasks[step].get("arguments", {}).get("parameters", [])
+            }
+            params = json.loads(substitute(by_name[step]["container"]["args"][1], values | inputs))
+            assert params == {
+                "experiment": "churn",
+                "spec": exp.spec.wire(),
+                "artifactStore": "s3://aiml024-artifacts",
+                "studyStorage": "",
+                "codeVersion": CompileOptions().code_version,
+                "workflow": "churn-g1",
+                **{earlier: results[earlier] for earlier in STEPS[:index]},
+            }
+
+    def test_resources_come_from_the_spec(self) -> None:
+        exp = experiment({"resources": {"cpu": "500m", "memory": "1Gi"}})
+        for step, template in templates(compile_experiment(exp)).items():
+            if step == "automl":
+                continue
+            assert template["container"]["resources"] == {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"memory": "1Gi"},
+            }
+
+    def test_gpu_node_selector_and_tolerations_only_on_search(self) -> None:
+        exp = experiment(
+            {
+                "resources": {
+                    "gpu": 2,
+                    "nodeSelector": {"pool": "gpu", "accelerator": "a100"},
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                }
+            }
+        )
+        by_name = templates(compile_experiment(exp))
+        search = by_name["search"]
+        assert search["container"]["resources"]["limits"]["nvidia.com/gpu"] == 2
+        assert search["nodeSelector"] == {"accelerator": "a100", "pool": "gpu"}
+        assert search["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        for step in ("ingest", "validate", "evaluate", "register"):
+            assert "nvidia.com/gpu" not in by_name[step]["container"]["resources"]["limits"]
+            assert "nodeSelector" not in by_name[step] and "tolerations" not in by_name[step]
+
+    def test_no_gpu_fields_when_not_asked(self) -> None:
+        search = templates(compile_experiment(experiment()))["search"]
+        assert "nvidia.com/gpu" not in search["container"]["resources"]["limits"]
+        assert "nodeSelector" not in search and "tolerations" not in search
+
+    def test_search_deadline_is_generous_and_only_ingest_retries(self) -> None:
+        by_name = templates(compile_experiment(experiment({"search": {"timeBudgetSeconds": 600}})))
+        assert by_name["search"]["activeDeadlineSeconds"] >= 2 * 600
+        assert by_name["ingest"]["retryStrategy"]["limit"] == 1
+        assert [s for s in STEPS if "retryStrategy" in by_name[s]] == ["ingest"]
+
+    def test_image_pull_policy_when_set(self) -> None:
+        options = CompileOptions(image_pull_policy="IfNotPresent")
+        for step in STEPS:
+            container = templates(compile_experiment(experiment(), options))[step]["container"]
+            assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+class TestNamesAndDeterminism:
+    def test_name_labels_and_namespace_from_generation(self) -> None:
+        wf = compile_experiment(experiment(generation=7, namespace="ml"))
+        assert wf["metadata"]["name"] == "churn-g7"
+        assert wf["metadata"]["namespace"] == "ml"
+        assert wf["metadata"]["labels"] == {
+            "aiml024.io/experiment": "churn",
+            "aiml024.io/generation": "7",
+            "app.kubernetes.io/managed-by": "aiml024",
+        }
+
+    def test_generation_defaults_to_one_and_namespace_is_optional(self) -> None:
+        wf = compile_experiment(experiment())
+        assert wf["metadata"]["name"] == "churn-g1"
+        assert "namespace" not in wf["metadata"]
+
+    def test_long_names_stay_within_63_characters(self) -> None:
+        long = "a" * 63
+        first = compile_experiment(experiment(name=long, generation=12345))["metadata"]["name"]
+        assert len(first) <= 63 and first.endswith("-g12345")
+        again = compile_experiment(experiment(name=long, generation=12345))["metadata"]["name"]
+        assert first == again
+
+    def test_same_input_gives_byte_identical_output(self) -> None:
+        first = yaml.safe_dump(compile_experiment(experiment()), sort_keys=False)
+        second = yaml.safe_dump(compile_experiment(experiment()), sort_keys=False)
+        assert first == second
+
+    def test_output_does_not_depend_on_hash_seed_or_process(self) -> None:
+        code = (
+            "import json,yaml;from aiml024.api import parse_object;"
+            "from aiml024.compiler import compile_experiment;"
+            "d=yaml.safe_load(open('examples/churn/experiment.yaml'));"
+            "print(json.dumps(compile_experiment(parse_object(d))))"
+        )
+        runs = {
+            subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=EXAMPLES.parent,
+                env={"PYTHONHASHSEED": seed, "AIML024_IMAGE": "ignored:latest"},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for seed in ("1", "2")
+        }
+        assert len(runs) == 1
+        here = json.dumps(compile_experiment(experiment(name="churn")))
+        assert runs == {here + "\n"}
+
+
+class TestRefusals:
+    @pytest.mark.parametrize("task", ["forecasting", "anomaly", "image-classification"])
+    def test_unsupported_task_is_refused_naming_spec_task(self, task: str) -> None:
+        exp = experiment({"task": task, "objective": None})
+        with pytest.raises(CompileError, match=rf"spec\.task: {task} is not supported"):
+            compile_experiment(exp)
+
+    def test_compile_error_is_a_value_error(self) -> None:
+        assert issubclass(CompileError, ValueError)
+
+    @pytest.mark.parametrize("value", ['s3://a"b', "s3://a\\b", "s3://a\nb"])
+    def test_options_that_would_break_the_params_json_are_refused(self, value: str) -> None:
+        with pytest.raises(CompileError, match="options.artifact_store"):
+            CompileOptions(artifact_store=value)
