@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
@@ -62,6 +62,14 @@ class Monitor(Strict):
     action: Literal["alert", "retrain"] = "alert"
 
 
+class Route(NamedTuple):
+    """One predictor of a Deployment: its role, the Model it serves, its share of traffic."""
+
+    role: Literal["stable", "canary", "shadow"]
+    model: str
+    weight: int | None  # percent of live traffic; None for a shadow, which gets a copy
+
+
 class DeploymentSpec(Strict):
     model: str = Field(min_length=1, description="The stable Model that serves.")
     strategy: Strategy = Field(default_factory=Strategy)
@@ -72,6 +80,19 @@ class DeploymentSpec(Strict):
     require_stage: Literal["staging", "production", "any"] = Field(
         default="any", description="Serve only a Model that has reached this stage."
     )
+
+    def routes(self) -> list[Route]:
+        """The traffic split this spec asks for; live weights sum to 100."""
+        strategy = self.strategy
+        if strategy.type in ("canary", "ab") and strategy.canary is not None:
+            weight = strategy.canary.weight
+            return [
+                Route("stable", self.model, 100 - weight),
+                Route("canary", strategy.canary.model, weight),
+            ]
+        if strategy.type == "shadow" and strategy.shadow is not None:
+            return [Route("stable", self.model, 100), Route("shadow", strategy.shadow.model, None)]
+        return [Route("stable", self.model, 100)]
 
 
 class Rollback(Strict):

@@ -45,17 +45,6 @@ def deployment_labels(dep: Deployment) -> dict[str, str]:
     }
 
 
-def traffic_split(dep: Deployment) -> list[tuple[str, str, int | None]]:
-    """(predictor, model, traffic percent) in order; shadows get None and no live traffic."""
-    strategy = dep.spec.strategy
-    if strategy.type in ("canary", "ab") and strategy.canary is not None:
-        weight = strategy.canary.weight
-        return [("stable", dep.spec.model, 100 - weight), ("canary", strategy.canary.model, weight)]
-    if strategy.type == "shadow" and strategy.shadow is not None:
-        return [("stable", dep.spec.model, 100), ("shadow", strategy.shadow.model, None)]
-    return [("stable", dep.spec.model, 100)]
-
-
 def _container(dep: Deployment, model: ServedModel, options: CompileOptions) -> dict[str, Any]:
     env = {
         "MLSERVER_MODEL_NAME": dep.metadata.name,
@@ -127,7 +116,7 @@ def compile_seldon_deployment(
     dep: Deployment, models: Mapping[str, ServedModel], options: CompileOptions
 ) -> dict[str, Any]:
     predictors = []
-    for predictor, model_name, traffic in traffic_split(dep):
+    for predictor, model_name, traffic in dep.spec.routes():
         model = models.get(model_name)
         if model is None:
             raise CompileError(f"model {model_name!r} (predictor {predictor}) is not registered")

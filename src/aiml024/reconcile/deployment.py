@@ -38,28 +38,18 @@ def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
 
 def plan_predictors(dep: Deployment, models: dict[str, Model]) -> list[PlannedPredictor]:
     """Which model versions serve and with what share of traffic (weights sum to 100)."""
-    strategy = dep.spec.strategy
-
-    def predictor(role: str, name: str, weight: int, shadow: bool = False) -> PlannedPredictor:
+    plan = []
+    for role, name, weight in dep.spec.routes():
         model = _servable(dep, name, models)
         assert model.status is not None and model.status.artifact_uri and model.status.sha256
-        return PlannedPredictor(
-            role=role, model=name, artifact_uri=model.status.artifact_uri,
-            sha256=model.status.sha256, task=model.spec.task, weight=weight, shadow=shadow,
-        )  # fmt: skip
-
-    if strategy.type in ("canary", "ab") and strategy.canary is not None:
-        share = strategy.canary.weight if strategy.type == "canary" else 50
-        return [
-            predictor("stable", dep.spec.model, 100 - share),
-            predictor("canary", strategy.canary.model, share),
-        ]
-    if strategy.type == "shadow" and strategy.shadow is not None:
-        return [
-            predictor("stable", dep.spec.model, 100),
-            predictor("shadow", strategy.shadow.model, 0, shadow=True),
-        ]
-    return [predictor("stable", dep.spec.model, 100)]
+        plan.append(
+            PlannedPredictor(
+                role=role, model=name, artifact_uri=model.status.artifact_uri,
+                sha256=model.status.sha256, task=model.spec.task, weight=weight or 0,
+                shadow=weight is None,
+            )  # fmt: skip
+        )
+    return plan
 
 
 def deployment_status(
