@@ -72,10 +72,13 @@ def experiment_status(
         status.trials_completed = int(search.get("trialsCompleted", 0))
         status.best_value = search.get("bestValue")
         best = search.get("bestTrial")
-        status.best_trial = Trial.model_validate(best) if best else None
-        status.leaderboard = [
-            LeaderboardEntry.model_validate(row) for row in search.get("leaderboard", [])[:10]
-        ]
+        status.best_trial = (
+            Trial(number=best["number"], learner=best["learner"], value=best["value"],
+                  params=best.get("params") or {})
+            if best
+            else None
+        )  # fmt: skip
+        status.leaderboard = [_entry(row) for row in search.get("leaderboard", [])[:10]]
 
     def cond(type_: str, value: bool, reason: str, message: str) -> None:
         status.conditions = set_condition(
@@ -93,6 +96,14 @@ def experiment_status(
     else:
         cond("Ready", False, "Training", f"workflow {workflow_name} is {phase.lower()}")
     return status
+
+
+def _entry(row: dict[str, Any]) -> LeaderboardEntry:
+    """A short leaderboard row for status; the full one (params, weights) stays in artifacts."""
+    return LeaderboardEntry(
+        rank=row["rank"], name=row["name"], value=row["value"],
+        members=row.get("members") or [], trial=row.get("trial"),
+    )  # fmt: skip
 
 
 def invalid_spec_status(exp: Experiment, message: str, now: datetime) -> ExperimentStatus:

@@ -1,0 +1,160 @@
+"""The pure decisions both control planes share."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aiml024.api import Deployment, Experiment, Model
+from aiml024.policy import GateResult
+from aiml024.reconcile import deployment as deployment_rules
+from aiml024.reconcile import experiment as experiment_rules
+from aiml024.reconcile import model as model_rules
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def experiment(generation: int = 1) -> Experiment:
+    return Experiment.model_validate({
+        "metadata": {"name": "churn", "generation": generation},
+        "spec": {"task": "classification", "data": {"uri": "s3://b/churn.csv"}, "target": "churned",
+                 "search": {"trials": 40}},
+    })  # fmt: skip
+
+
+def node(name: str, phase: str, result: dict | None = None, message: str | None = None) -> dict:
+    outputs = {"parameters": [{"name": "result", "value": json.dumps(result)}]} if result else {}
+    return {"displayName": name, "type": "Pod", "phase": phase, "outputs": outputs, "message": message}
+
+
+SEARCH = {
+    "trialsCompleted": 17, "bestValue": 0.86,
+    "bestTrial": {"number": 9, "learner": "lightgbm", "value": 0.86, "params": {"num_leaves": 31}},
+    "leaderboard": [
+        {"rank": 1, "name": "ensemble", "value": 0.87, "members": ["lightgbm#9", "xgboost#4"], "weights": [0.6, 0.4]},
+        {"rank": 2, "name": "lightgbm", "value": 0.86, "trial": 9, "params": {"num_leaves": 31}},
+    ],
+}  # fmt: skip
+
+
+def test_running_workflow_shows_progress_and_not_ready() -> None:
+    status = experiment_rules.experiment_status(
+        experiment(), "churn-g1", {"phase": "Running", "nodes": {}}, T0, progress=(5, 0.84)
+    )
+    assert status.phase == "Running"
+    assert (status.trials_completed, status.trials_total, status.best_value) == (5, 40, 0.84)
+    assert status.metric == "auc"
+    ready = status.condition("Ready")
+    assert ready is not None and ready.status == "False" and ready.reason == "Training"
+
+
+def test_search_result_fills_best_trial_and_a_short_leaderboard() -> None:
+    wf = {"phase": "Running", "nodes": {"a": node("search", "Succeeded", SEARCH)}}
+    status = experiment_rules.experiment_status(experiment(), "churn-g1", wf, T0)
+    assert status.trials_completed == 17 and status.best_value == 0.86
+    assert status.best_trial is not None and status.best_trial.learner == "lightgbm"
+    assert [(e.name, e.members) for e in status.leaderboard] == [
+        ("ensemble", ["lightgbm#9", "xgboost#4"]), ("lightgbm", []),
+    ]  # fmt: skip
+
+
+def test_failure_names_the_step_and_its_message() -> None:
+    wf = {"phase": "Failed", "nodes": {"a": node("validate", "Failed", message="target column 'y' not found")}}
+    status = experiment_rules.experiment_status(experiment(), "churn-g1", wf, T0)
+    assert status.phase == "Failed"
+    assert status.message == "step validate failed: target column 'y' not found"
+    assert status.condition("Ready").reason == "WorkflowFailed"  # type: ignore[union-attr]
+
+
+def test_condition_transition_time_is_kept_while_status_is_unchanged() -> None:
+    exp = experiment()
+    first = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Running"}, T0)
+    exp.status = first
+    later = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Running"}, T0 + timedelta(minutes=5))
+    assert later.condition("Ready").last_transition_time == T0  # type: ignore[union-attr]
+    exp.status = later
+    done = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Succeeded"}, T0 + timedelta(minutes=9))
+    assert done.condition("Ready").last_transition_time == T0 + timedelta(minutes=9)  # type: ignore[union-attr]
+
+
+def test_invalid_spec_is_a_permanent_ready_false() -> None:
+    status = experiment_rules.invalid_spec_status(experiment(3), "spec.task: forecasting is not supported", T0)
+    ready = status.condition("Ready")
+    assert ready is not None and ready.reason == "InvalidSpec" and status.observed_generation == 3
+
+
+def test_registered_model_only_after_success() -> None:
+    manifest = {"apiVersion": "aiml024.io/v1alpha1", "kind": "Model", "metadata": {"name": "m"}}
+    nodes = {"r": node("register", "Succeeded", {"model": manifest})}
+    assert experiment_rules.registered_model({"phase": "Succeeded", "nodes": nodes}) == manifest
+    assert experiment_rules.registered_model({"phase": "Running", "nodes": nodes}) is None
+
+
+def model(stage: str = "production", owner: str = "alice", sha: str = "a" * 64) -> Model:
+    return Model.model_validate({
+        "metadata": {"name": "churn-model", "generation": 1},
+        "spec": {"source": {"experiment": "churn"}, "task": "classification", "stage": stage, "owner": owner},
+        "status": {"artifactUri": "file:///a/bundle", "sha256": sha, "stage": "staging"},
+    })  # fmt: skip
+
+
+def gate(decision: str, violations: list[str] | None = None, stage: str = "production") -> GateResult:
+    return GateResult(decision=decision, violations=violations or [], bundle_digest="sha256:abc", stage=stage)
+
+
+def test_allow_moves_the_stage_and_deny_does_not() -> None:
+    allowed = model_rules.status_after_gate(model(), gate("allow"), T0)
+    assert allowed.stage == "production" and allowed.phase == "Production"
+    denied = model_rules.status_after_gate(model(), gate("deny", ["metric_below_threshold: auc 0.61 < 0.70"]), T0)
+    assert denied.stage == "staging" and denied.phase == "Denied"
+    assert denied.policy is not None and denied.policy.violations == ["metric_below_threshold: auc 0.61 < 0.70"]
+    promoted = denied.condition("Promoted")
+    assert promoted is not None and promoted.reason == "PolicyDenied" and "auc 0.61" in promoted.message
+
+
+def test_require_approval_waits() -> None:
+    waiting = model_rules.status_after_gate(model(), gate("require_approval", ["approval_required: ..."]), T0)
+    assert waiting.stage == "staging" and waiting.phase == "PendingApproval"
+
+
+def test_four_eyes() -> None:
+    assert "cannot approve it" in (model_rules.approval_problem(model(owner="alice"), "Alice", "production") or "")
+    assert model_rules.approval_problem(model(owner="alice"), "bob", "production") is None
+
+
+def deployment(**strategy: object) -> Deployment:
+    return Deployment.model_validate({
+        "metadata": {"name": "churn"},
+        "spec": {"model": "churn-model", "strategy": strategy or {"type": "single"}},
+    })  # fmt: skip
+
+
+def test_plan_splits_traffic_by_the_canary_weight() -> None:
+    models = {"churn-model": model(), "churn-v2": model(sha="b" * 64)}
+    plan = deployment_rules.plan_predictors(
+        deployment(type="canary", canary={"model": "churn-v2", "weight": 20}), models
+    )
+    assert [(p.role, p.model, p.weight) for p in plan] == [("stable", "churn-model", 80), ("canary", "churn-v2", 20)]
+    shadow = deployment_rules.plan_predictors(deployment(type="shadow", shadow={"model": "churn-v2"}), models)
+    assert [(p.role, p.shadow) for p in shadow] == [("stable", False), ("shadow", True)]
+
+
+def test_plan_waits_for_a_registered_model_in_the_required_stage() -> None:
+    with pytest.raises(deployment_rules.NotServable, match="model churn-model not found"):
+        deployment_rules.plan_predictors(deployment(), {})
+    dep = deployment()
+    dep.spec.require_stage = "production"
+    with pytest.raises(deployment_rules.NotServable, match="in stage staging, the deployment requires production"):
+        deployment_rules.plan_predictors(dep, {"churn-model": model()})
+
+
+def test_deployment_status_records_endpoint_and_split() -> None:
+    dep = deployment()
+    plan = deployment_rules.plan_predictors(dep, {"churn-model": model()})
+    status = deployment_rules.deployment_status(dep, plan, "http://127.0.0.1:9000", T0)
+    assert status.phase == "Serving" and status.endpoint == "http://127.0.0.1:9000"
+    assert status.traffic == {"stable": 100}
+    waiting = deployment_rules.deployment_status(dep, None, None, T0, "model churn-model not found")
+    assert waiting.phase == "Pending" and waiting.condition("Ready").reason == "WaitingForModel"  # type: ignore[union-attr]
