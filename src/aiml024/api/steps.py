@@ -1,0 +1,70 @@
+"""Results of the search, evaluate and register steps (their result.json, camelCase)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from .common import Strict
+from .experiment import LeaderboardEntry, Trial
+
+ParamValue = float | int | str | bool | None
+
+
+class LeaderboardRow(Strict):
+    """One ranked candidate: a trial, or the ensemble (learner 'ensemble', with members)."""
+
+    rank: int
+    name: str = Field(description="Learner name, or 'ensemble'.")
+    learner: str
+    value: float
+    trial: int | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    best_iteration: int | None = Field(
+        default=None, description="Mean boosting rounds kept by early stopping across folds."
+    )
+    members: list[str] = Field(default_factory=list, description="'<learner>#<trial>' each.")
+    weights: list[float] = Field(default_factory=list)
+
+    def entry(self) -> LeaderboardEntry:
+        """The short form an Experiment or Model status shows."""
+        return LeaderboardEntry(
+            rank=self.rank, name=self.name, value=self.value, members=self.members, trial=self.trial
+        )
+
+
+class SearchResult(Strict):
+    trials_completed: int
+    trials_pruned: int = 0
+    trials_total: int
+    metric: str = Field(description="The objective, e.g. maximize_auc.")
+    best_value: float
+    best_trial: Trial
+    leaderboard: list[LeaderboardRow]
+    elapsed_seconds: float
+    train_rows: int
+    holdout_rows: int
+
+
+class EvaluateResult(Strict):
+    metrics: dict[str, float] = Field(description="Holdout metrics of the chosen model.")
+    baseline_metrics: dict[str, float] = Field(
+        description="Holdout metrics of a default LightGBM on the same features and rows."
+    )
+    primary_metric: str
+    sha256: str
+    learner: str = Field(description="The chosen learner, or 'ensemble'.")
+    members: list[str] = Field(default_factory=list)
+    weights: list[float] = Field(default_factory=list)
+    calibration: dict[str, float] = Field(default_factory=dict)
+    card_complete: bool
+    threshold: float = 0.5
+    trial: int | None = Field(default=None, description="The best single trial's number.")
+    holdout_rows: int
+
+
+class RegisterResult(Strict):
+    model: dict[str, Any] = Field(description="The Model manifest to create (wire JSON).")
+    artifact_uri: str
+    model_card_uri: str

@@ -1,0 +1,41 @@
+"""What runs inside workflow steps and model servers: AutoML steps, bundles, serving.
+
+Kept import-light: the heavy ML libraries load only in the modules that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+_event_stream: TextIO | None = None
+
+
+def set_event_stream(stream: TextIO | None) -> None:
+    """Send progress events to `stream` (None: the current sys.stdout)."""
+    global _event_stream
+    _event_stream = stream
+
+
+def emit_event(event: dict[str, Any]) -> None:
+    """Write one progress event as a JSON line (the workflow's log shows it verbatim)."""
+    stream = _event_stream or sys.stdout
+    stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+    stream.flush()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)

@@ -1,0 +1,377 @@
+"""Learners: plug-ins behind one small base class, registered by name.
+
+Each learner declares its search space as data (`space`) and its warm-start configurations
+(`defaults`) beside the code that builds and fits the estimator. Estimators see the dense
+Featurizer matrix and class codes 0..C-1; `predict` returns a probability matrix for
+classification and values for regression.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[Any, ...]
+
+
+Dimension = Float | Int | Choice
+
+
+class Learner:
+    """Base class: name, search space, warm-start defaults, make, fit, predict."""
+
+    name: ClassVar[str]
+    space: ClassVar[dict[str, Dimension]] = {}
+    defaults: ClassVar[list[Params]] = []
+    boosting: ClassVar[bool] = False
+
+    def search_space(self, trial: Any) -> Params:
+        """Sample this learner's params from an Optuna trial (names prefixed `<learner>.`)."""
+        params: Params = {}
+        for key, dim in self.space.items():
+            name = f"{self.name}.{key}"
+            if isinstance(dim, Float):
+                params[key] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+            elif isinstance(dim, Int):
+                params[key] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+            else:
+                params[key] = trial.suggest_categorical(name, list(dim.options))
+        return params
+
+    def make(
+        self,
+        params: Params,
+        seed: int,
+        task: str,
+        n_classes: int = 0,
+        n_jobs: int = 1,
+        n_estimators: int | None = None,
+    ) -> Any:
+        """An unfitted estimator; boosting learners take a fixed round count for refits."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        estimator: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        patience: int = 50,
+        deadline: float | None = None,
+    ) -> int | None:
+        """Fit in place; boosting learners early-stop on (X_val, y_val) and stop at `deadline`
+        (time.monotonic()). Returns the number of boosting rounds kept, else None."""
+        estimator.fit(X, y)
+        return None
+
+    def predict(self, estimator: Any, X: np.ndarray) -> np.ndarray:
+        if hasattr(estimator, "predict_proba"):
+            return np.asarray(estimator.predict_proba(X), dtype=float)
+        return np.asarray(estimator.predict(X), dtype=float)
+
+
+REGISTRY: dict[str, Learner] = {}
+
+
+def register(cls: type[Learner]) -> type[Learner]:
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_learner(name: str) -> Learner:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown learner {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+MAX_ROUNDS = 5000
+
+
+@register
+class LightGBM(Learner):
+    name = "lightgbm"
+    boosting = True
+    space = {
+        "learning_rate": Float(0.01, 0.2, log=True),
+        "num_leaves": Int(4, 128, log=True),
+        "min_child_samples": Int(5, 200, log=True),
+        "colsample_bytree": Float(0.3, 1.0),
+        "subsample": Float(0.5, 1.0),
+        "reg_alpha": Float(1e-4, 10.0, log=True),
+        "reg_lambda": Float(1e-4, 30.0, log=True),
+    }
+    defaults = [
+        {
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "min_child_samples": 20,
+            "colsample_bytree": 0.8,
+            "subsample": 0.8,
+            "reg_alpha": 1e-3,
+            "reg_lambda": 1.0,
+        },
+        {
+            "learning_rate": 0.03,
+            "num_leaves": 8,
+            "min_child_samples": 50,
+            "colsample_bytree": 0.5,
+            "subsample": 0.8,
+            "reg_alpha": 0.1,
+            "reg_lambda": 5.0,
+        },
+    ]
+
+    def make(self, params, seed, task, n_classes=0, n_jobs=1, n_estimators=None):
+        import lightgbm
+
+        cls = lightgbm.LGBMRegressor if task == "regression" else lightgbm.LGBMClassifier
+        return cls(
+            n_estimators=n_estimators or MAX_ROUNDS,
+            subsample_freq=1,
+            random_state=seed,
+            n_jobs=n_jobs,
+            verbose=-1,
+            deterministic=True,
+            force_col_wise=True,
+            **params,
+        )
+
+    def fit(self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None):
+        import lightgbm
+
+        callbacks: list[Any] = []
+        if deadline is not None:
+            callbacks.append(_lightgbm_deadline(deadline))
+        if X_val is None:
+            estimator.fit(X, y, callbacks=callbacks)
+            return int(estimator.n_estimators)
+        callbacks.append(lightgbm.early_stopping(patience, first_metric_only=True, verbose=False))
+        estimator.fit(X, y, eval_X=(X_val,), eval_y=(y_val,), callbacks=callbacks)
+        return int(estimator.best_iteration_ or estimator.booster_.current_iteration())
+
+
+def _lightgbm_deadline(deadline: float) -> Any:
+    import lightgbm
+
+    def stop_at_deadline(env: Any) -> None:
+        if time.monotonic() > deadline:
+            raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+
+    return stop_at_deadline
+
+
+@register
+class XGBoost(Learner):
+    name = "xgboost"
+    boosting = True
+    space = {
+        "learning_rate": Float(0.01, 0.2, log=True),
+        "max_depth": Int(2, 10),
+        "min_child_weight": Float(0.5, 50.0, log=True),
+        "colsample_bytree": Float(0.3, 1.0),
+        "subsample": Float(0.5, 1.0),
+        "reg_alpha": Float(1e-4, 10.0, log=True),
+        "reg_lambda": Float(1e-3, 30.0, log=True),
+    }
+    defaults = [
+        {
+            "learning_rate": 0.05,
+            "max_depth": 6,
+            "min_child_weight": 1.0,
+            "colsample_bytree": 0.8,
+            "subsample": 0.8,
+            "reg_alpha": 1e-3,
+            "reg_lambda": 1.0,
+        },
+        {
+            "learning_rate": 0.03,
+            "max_depth": 3,
+            "min_child_weight": 5.0,
+            "colsample_bytree": 0.5,
+            "subsample": 0.8,
+            "reg_alpha": 0.1,
+            "reg_lambda": 5.0,
+        },
+    ]
+
+    def make(self, params, seed, task, n_classes=0, n_jobs=1, n_estimators=None):
+        import xgboost
+
+        cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
+        return cls(
+            n_estimators=n_estimators or MAX_ROUNDS,
+            tree_method="hist",
+            random_state=seed,
+            n_jobs=n_jobs,
+            verbosity=0,
+            **params,
+        )
+
+    def fit(self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None):
+        callbacks = [_xgboost_deadline(deadline)] if deadline is not None else None
+        if X_val is None:
+            estimator.set_params(callbacks=callbacks, early_stopping_rounds=None)
+            estimator.fit(X, y, verbose=False)
+            estimator.set_params(callbacks=None)
+            return int(estimator.get_booster().num_boosted_rounds())
+        estimator.set_params(callbacks=callbacks, early_stopping_rounds=patience)
+        estimator.fit(X, y, eval_set=[(X_val, y_val)], verbose=False)
+        estimator.set_params(callbacks=None)
+        try:
+            return int(estimator.best_iteration) + 1
+        except AttributeError:  # stopped by the deadline before early stopping recorded a best
+            return int(estimator.get_booster().num_boosted_rounds())
+
+
+def _xgboost_deadline(deadline: float) -> Any:
+    import xgboost
+
+    class StopAtDeadline(xgboost.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            return time.monotonic() > deadline
+
+    return StopAtDeadline()
+
+
+@register
+class RandomForest(Learner):
+    name = "random_forest"
+    space = {
+        "n_estimators": Int(100, 400, log=True),
+        "max_features": Float(0.1, 0.8),
+        "min_samples_leaf": Int(1, 30, log=True),
+    }
+    defaults = [{"n_estimators": 200, "max_features": 0.3, "min_samples_leaf": 3}]
+
+    def make(self, params, seed, task, n_classes=0, n_jobs=1, n_estimators=None):
+        from sklearn import ensemble
+
+        cls = self._classes(ensemble)[task == "regression"]
+        return cls(random_state=seed, n_jobs=n_jobs, **params)
+
+    def _classes(self, ensemble: Any) -> tuple[type, type]:
+        return ensemble.RandomForestClassifier, ensemble.RandomForestRegressor
+
+
+@register
+class ExtraTrees(RandomForest):
+    name = "extra_trees"
+
+    def _classes(self, ensemble: Any) -> tuple[type, type]:
+        return ensemble.ExtraTreesClassifier, ensemble.ExtraTreesRegressor
+
+
+def _scaled(model: Any) -> Any:
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), model
+    )
+
+
+@register
+class Linear(Learner):
+    name = "linear"
+    space = {"C": Float(1e-3, 100.0, log=True)}
+    defaults = [{"C": 1.0}]
+
+    def make(self, params, seed, task, n_classes=0, n_jobs=1, n_estimators=None):
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        if task == "regression":
+            return _scaled(Ridge(alpha=1.0 / params["C"]))
+        return _scaled(LogisticRegression(C=params["C"], max_iter=1000))
+
+
+@register
+class KNN(Learner):
+    name = "knn"
+    space = {"n_neighbors": Int(5, 100, log=True), "weights": Choice(("uniform", "distance"))}
+    defaults = [{"n_neighbors": 25, "weights": "distance"}]
+
+    def make(self, params, seed, task, n_classes=0, n_jobs=1, n_estimators=None):
+        from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+        cls = KNeighborsRegressor if task == "regression" else KNeighborsClassifier
+        return _scaled(cls(n_jobs=n_jobs, **params))
+
+
+class EnsembleEstimator(BaseEstimator):
+    """The served model: a weighted average of learner estimators (one member for a single
+    model). Takes the Featurizer matrix; fit/predict speak the original class labels."""
+
+    def __init__(
+        self,
+        members: list[tuple[str, Params, int | None]],
+        weights: list[float],
+        task: str,
+        classes: list[Any] | None = None,
+        seed: int = 0,
+        n_jobs: int = 1,
+    ):
+        self.members = members
+        self.weights = weights
+        self.task = task
+        self.classes = classes
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def fit(self, X: np.ndarray, y: Any) -> EnsembleEstimator:
+        y = np.asarray(y)
+        n_classes = 0
+        if self.task != "regression":
+            self.classes_ = np.asarray(self.classes if self.classes else np.unique(y), dtype=object)
+            lookup = {c: i for i, c in enumerate(self.classes_)}
+            y = np.asarray([lookup[v] for v in y], dtype=np.int64)
+            n_classes = len(self.classes_)
+        self.estimators_ = []
+        for name, params, rounds in self.members:
+            learner = get_learner(name)
+            estimator = learner.make(params, self.seed, self.task, n_classes, self.n_jobs, rounds)
+            learner.fit(estimator, X, y)
+            self.estimators_.append(estimator)
+        return self
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        total = None
+        for (name, _, _), weight, estimator in zip(
+            self.members, self.weights, self.estimators_, strict=True
+        ):
+            part = weight * get_learner(name).predict(estimator, X)
+            total = part if total is None else total + part
+        return total / float(np.sum(self.weights))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._blend(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.task == "regression":
+            return self._blend(X)
+        return self.classes_[self._blend(X).argmax(axis=1)]

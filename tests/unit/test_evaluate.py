@@ -1,0 +1,141 @@
+"""Evaluate refits the chosen model, beats a plain baseline on an easy task, and writes a
+bundle that serves raw rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.unit.test_search import TYPES, churn_like, spec
+
+from aiml024.runtime.bundle import bundle_digest, load_bundle
+from aiml024.runtime.steps import evaluate as evaluate_step
+from aiml024.runtime.steps import search as search_step
+
+PII = {"email": "email"}
+
+
+def with_email(df: pd.DataFrame) -> pd.DataFrame:
+    domains = np.where(np.arange(len(df)) % 3, "gmail.com", "proton.me")
+    return df.assign(email=[f"<email>@{d}" for d in domains])
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, Any], pd.DataFrame]:
+    root = tmp_path_factory.mktemp("evaluate")
+    clean = with_email(churn_like(1500, strength=2.5))
+    (root / "in").mkdir()
+    clean.to_parquet(root / "in" / "clean")
+    params: dict[str, Any] = {
+        "experiment": "churn",
+        "workflow": "churn-g1",
+        "codeVersion": "0.1.0",
+        "spec": {
+            **spec(trials=5),
+            "model": {"name": "churn-model", "labels": {"team": "retention"}},
+        },
+        "ingest": {"uri": "churn.csv", "rows": 1500, "fingerprint": "f" * 64},
+        "validate": {
+            "types": {**TYPES, "email": "categorical"},
+            "pii": PII,
+            "piiAction": "mask",
+            "targetClasses": [{"value": "no", "count": 1}, {"value": "yes", "count": 1}],
+        },
+    }
+    params["search"] = search_step.run(params, root / "in", root / "in")
+    result = evaluate_step.run(params, root / "in", root / "out")
+    return root, result, clean
+
+
+def test_result_reports_holdout_metrics_against_the_baseline(evaluated) -> None:
+    root, result, _ = evaluated
+    assert (
+        set(result["metrics"])
+        == set(result["baselineMetrics"])
+        == {"auc", "f1", "accuracy", "logloss"}
+    )
+    assert result["primaryMetric"] == "auc"
+    assert result["metrics"]["auc"] > 0.8
+    assert set(result["calibration"]) == {"brier", "ece"}
+    assert result["sha256"] == bundle_digest(root / "out" / "bundle")
+    assert result["holdoutRows"] == 300 and result["threshold"] == 0.5
+    assert result["learner"] in ("lightgbm", "xgboost", "ensemble") and result["members"]
+
+
+def test_bundle_predicts_raw_rows_with_unseen_categories_and_missing_columns(evaluated) -> None:
+    root, result, clean = evaluated
+    bundle = load_bundle(root / "out" / "bundle")
+    rows = [
+        {
+            "tenure": 2,
+            "charges": 95.0,
+            "contract": "monthly",
+            "region": "atlantis",
+            "last_active": "2025-03-01",
+            "message": "cancel my plan",
+            "senior": True,
+            "email": "jane.doe@gmail.com",
+        },
+        {"contract": "lifetime"},
+        {},
+    ]
+    predicted = bundle.predict(rows)
+    assert list(predicted.columns) == ["label", "score"]
+    assert set(predicted["label"]) <= {"no", "yes"}
+    assert predicted["score"].between(0, 1).all()
+    # The raw email is masked by the served pipeline, like the training data was.
+    assert bundle.meta.positive_class == "yes" and bundle.meta.classes == ["no", "yes"]
+    dtypes = {c.name: c.dtype for c in bundle.meta.columns}
+    assert dtypes["email"] == "categorical" and dtypes["last_active"] == "datetime"
+    assert "customer_id" not in dtypes and "churned" not in dtypes
+    holdout = json.loads((root / "in" / "search" / "split.json").read_text())["holdout"]
+    frame = clean.iloc[holdout].drop(columns=["churned"])
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(clean["churned"].iloc[holdout] == "yes", bundle.predict(frame)["score"])
+    assert auc == pytest.approx(result["metrics"]["auc"])  # served exactly as evaluated
+
+
+def test_model_card_is_complete_and_names_the_evidence(evaluated) -> None:
+    root, result, _ = evaluated
+    card = json.loads((root / "out" / "card" / "model_card.json").read_text())
+    assert result["cardComplete"] is card["complete"] is True
+    assert card["owner"] == "retention" and card["pii"] == {"columns": PII, "action": "mask"}
+    assert card["data"]["fingerprint"] == "f" * 64
+    assert card["evaluation"]["baselineMetrics"] == result["baselineMetrics"]
+    markdown = (root / "out" / "card" / "model_card.md").read_text()
+    for heading in (
+        "Intended use",
+        "Owner",
+        "Data",
+        "Training procedure",
+        "Leaderboard",
+        "Holdout evaluation",
+        "Personal data",
+        "Limitations",
+    ):
+        assert f"## {heading}" in markdown
+
+
+def test_regression_evaluates_rmse_mae_r2(tmp_path: Path) -> None:
+    clean = churn_like(600).assign(churned=lambda df: df["tenure"] * 2.0 + 5.0)
+    (tmp_path / "in").mkdir()
+    clean.to_parquet(tmp_path / "in" / "clean")
+    params: dict[str, Any] = {
+        "experiment": "e",
+        "workflow": "e-g1",
+        "spec": {**spec(trials=2), "task": "regression"},
+        "validate": {"types": {**TYPES, "churned": "numeric"}},
+    }
+    params["search"] = search_step.run(params, tmp_path / "in", tmp_path / "in")
+    result = evaluate_step.run(params, tmp_path / "in", tmp_path / "out")
+    assert set(result["metrics"]) == {"rmse", "mae", "r2"} and result["metrics"]["r2"] > 0.9
+    assert result["cardComplete"] is False  # no owner label, no dataset fingerprint
+    predicted = load_bundle(tmp_path / "out" / "bundle").predict([{"tenure": 10}])
+    assert predicted["score"].iloc[0] == pytest.approx(25.0, abs=10)

@@ -1,0 +1,136 @@
+"""Register copies the bundle and card into the artifact store and describes the Model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from aiml024.api import ExperimentSpec, Model
+from aiml024.runtime.bundle import BundleMeta, InputColumn, save_bundle
+from aiml024.runtime.steps import StepError
+from aiml024.runtime.steps import register as register_step
+
+SPEC = {
+    "task": "classification",
+    "data": {"uri": "s3://data/churn.csv"},
+    "target": "churned",
+    "model": {"name": "churn-model", "labels": {"team": "retention"}},
+}
+
+
+def artifacts(tmp: Path) -> tuple[Path, dict[str, Any]]:
+    inputs = tmp / "in"
+    model = DummyClassifier().fit(pd.DataFrame({"x": [0, 1]}), [0, 1])
+    meta = BundleMeta(
+        task="classification",
+        target="churned",
+        columns=[InputColumn(name="x", dtype="numeric")],
+        classes=[0, 1],
+    )
+    digest = save_bundle(inputs / "bundle", model, meta)
+    (inputs / "card").mkdir()
+    (inputs / "card" / "model_card.md").write_text("# card\n")
+    (inputs / "card" / "model_card.json").write_text("{}\n")
+    params = {
+        "experiment": "churn",
+        "workflow": "churn-g1",
+        "codeVersion": "0.1.0",
+        "spec": SPEC,
+        "ingest": {"uri": "s3://data/churn.csv", "rows": 2, "fingerprint": "a" * 64},
+        "validate": {"pii": {"email": "email"}, "piiAction": "mask"},
+        "search": {
+            "leaderboard": [
+                {
+                    "rank": 1,
+                    "name": "ensemble",
+                    "learner": "ensemble",
+                    "value": 0.9,
+                    "members": ["lightgbm#3", "xgboost#1"],
+                    "weights": [0.5, 0.5],
+                },
+                {
+                    "rank": 2,
+                    "name": "lightgbm",
+                    "learner": "lightgbm",
+                    "value": 0.8,
+                    "trial": 3,
+                    "params": {"num_leaves": 8},
+                },
+            ]
+        },
+        "evaluate": {
+            "sha256": digest,
+            "metrics": {"auc": 0.9},
+            "baselineMetrics": {"auc": 0.8},
+            "primaryMetric": "auc",
+            "cardComplete": True,
+            "trial": 3,
+            "calibration": {"brier": 0.1, "ece": 0.02},
+        },
+    }
+    return inputs, params
+
+
+@pytest.mark.parametrize("store", ["memory://registry", "local"])
+def test_register_copies_the_bundle_and_verifies_its_digest(tmp_path: Path, store: str) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = str(tmp_path / "store") if store == "local" else store
+    result = register_step.run(params, inputs, tmp_path / "out")
+    uri = result["artifactUri"]
+    assert uri.endswith("/churn/churn-g1/bundle")
+    fs, root = fsspec.core.url_to_fs(uri)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.find(root)) == ["bundle.json", "model.joblib"]
+    assert register_step.remote_digest(fs, root) == params["evaluate"]["sha256"]
+    card_fs, card = fsspec.core.url_to_fs(result["modelCardUri"])
+    assert card_fs.cat_file(card) == b"# card\n"
+    # Registering again (a retried step) replaces the copy and succeeds.
+    assert register_step.run(params, inputs, tmp_path / "out") == result
+
+
+def test_register_describes_the_model_version(tmp_path: Path) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = "memory://registry/"
+    manifest = register_step.run(params, inputs, tmp_path / "out")["model"]
+    model = Model.model_validate(manifest)
+    assert model.metadata.name == "churn-model"
+    assert model.metadata.labels == {"team": "retention", "aiml024.io/experiment": "churn"}
+    assert model.spec.source.experiment == "churn" and model.spec.source.trial == 3
+    assert model.spec.stage == "staging" and model.spec.task == "classification"
+    status = model.status
+    assert status.artifact_uri == "memory://registry/churn/churn-g1/bundle"
+    assert status.sha256 == params["evaluate"]["sha256"]
+    assert status.metrics == {"auc": 0.9} and status.baseline_metrics == {"auc": 0.8}
+    assert status.evidence.model_card_complete and status.evidence.pii_columns == ["email"]
+    assert status.evidence.model_card_uri.endswith("/card/model_card.md")
+    assert status.evidence.calibration == {"brier": 0.1, "ece": 0.02}
+    assert [e.name for e in status.leaderboard] == ["ensemble", "lightgbm"]
+    lineage = status.lineage
+    assert lineage.dataset_fingerprint == "a" * 64 and lineage.seed == 42
+    # The hash covers the spec's canonical wire form, as the compiler passes it to the workflow.
+    wire = ExperimentSpec.model_validate(SPEC).wire()
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+    assert lineage.spec_hash == hashlib.sha256(canonical).hexdigest()
+
+
+def test_a_changed_bundle_is_refused(tmp_path: Path) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = "memory://registry"
+    (inputs / "bundle" / "extra.txt").write_text("tampered")
+    with pytest.raises(StepError, match="does not match"):
+        register_step.run(params, inputs, tmp_path / "out")
+
+
+def test_model_name_defaults_to_the_experiment(tmp_path: Path) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = "memory://registry"
+    params["spec"] = {k: v for k, v in SPEC.items() if k != "model"}
+    manifest = register_step.run(params, inputs, tmp_path / "out")["model"]
+    assert manifest["metadata"]["name"] == "churn-model"
+    assert manifest["metadata"]["labels"] == {"aiml024.io/experiment": "churn"}
