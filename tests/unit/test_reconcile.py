@@ -33,8 +33,8 @@ SEARCH = {
     "trialsCompleted": 17, "bestValue": 0.86,
     "bestTrial": {"number": 9, "learner": "lightgbm", "value": 0.86, "params": {"num_leaves": 31}},
     "leaderboard": [
-        {"rank": 1, "name": "ensemble", "value": 0.87, "members": ["lightgbm#9", "xgboost#4"], "weights": [0.6, 0.4]},
-        {"rank": 2, "name": "lightgbm", "value": 0.86, "trial": 9, "params": {"num_leaves": 31}},
+        {"rank": 1, "name": "ensemble", "learner": "ensemble", "value": 0.87, "members": ["lightgbm#9", "xgboost#4"], "weights": [0.6, 0.4]},
+        {"rank": 2, "name": "lightgbm", "learner": "lightgbm", "value": 0.86, "trial": 9, "params": {"num_leaves": 31}},
     ],
 }  # fmt: skip
 

@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from ..api import Experiment, ExperimentStatus, set_condition
-from ..api.experiment import LeaderboardEntry, Trial
+from ..api.experiment import Trial
+from ..api.steps import LeaderboardRow
 
 _PHASES = {"Pending": "Pending", "Running": "Running", "Succeeded": "Succeeded",
            "Failed": "Failed", "Error": "Failed"}  # fmt: skip
@@ -78,7 +79,8 @@ def experiment_status(
             if best
             else None
         )  # fmt: skip
-        status.leaderboard = [_entry(row) for row in search.get("leaderboard", [])[:10]]
+        board = search.get("leaderboard", [])[:10]
+        status.leaderboard = [LeaderboardRow.model_validate(row).entry() for row in board]
 
     def cond(type_: str, value: bool, reason: str, message: str) -> None:
         status.conditions = set_condition(
@@ -96,14 +98,6 @@ def experiment_status(
     else:
         cond("Ready", False, "Training", f"workflow {workflow_name} is {phase.lower()}")
     return status
-
-
-def _entry(row: dict[str, Any]) -> LeaderboardEntry:
-    """A short leaderboard row for status; the full one (params, weights) stays in artifacts."""
-    return LeaderboardEntry(
-        rank=row["rank"], name=row["name"], value=row["value"],
-        members=row.get("members") or [], trial=row.get("trial"),
-    )  # fmt: skip
 
 
 def invalid_spec_status(exp: Experiment, message: str, now: datetime) -> ExperimentStatus:

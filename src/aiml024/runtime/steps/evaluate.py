@@ -54,6 +54,10 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     meta = bundle_meta(spec, data, clean, pii, pii_action, params.get("codeVersion", ""))
     meta.learner = chosen["learner"]
     meta.members = members
+    # Columns validate dropped (empty, constant) still arrive from clients: accept, ignore.
+    known = {c.name for c in meta.columns}
+    dropped = params.get("validate", {}).get("droppedColumns", {})
+    meta.ignored_columns = sorted(c for c in dropped if c not in known)
     # Train on exactly what the server will see: requests are typed by Bundle.frame.
     X = Bundle(None, meta).frame(data.X)
     labels = _labels(data)
