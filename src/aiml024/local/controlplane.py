@@ -1,0 +1,280 @@
+"""The embedded control plane: reconciles applied objects on this machine until they settle.
+
+The same decisions as the operator (aiml024.reconcile), the same compiled Workflow (run by the
+local executor), the same Rego (evaluated in-process) and the same MLServer runtime.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..api import Deployment, Experiment, Model, ModelStatus, parse_object
+from ..api.model import Approval
+from ..compiler import CompileError, CompileOptions, compile_experiment
+from ..policy import default_policy_dir, evaluate
+from ..reconcile import deployment as deployment_rules
+from ..reconcile import experiment as experiment_rules
+from ..reconcile import model as model_rules
+from . import server as model_server
+from .executor import LocalExecutor, WorkflowRun
+from .store import DEFAULT_NAMESPACE, Store, write_atomic
+
+# Who is acting: there is no authentication on one machine, so the OS login is the identity
+# (AIML024_USER overrides it, e.g. for a second person on a shared box or in demos).
+def current_user() -> str:
+    return os.environ.get("AIML024_USER") or getpass.getuser()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class ApplyError(RuntimeError):
+    """An object could not be reconciled; the message says which and why."""
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI uses to draw progress; all optional."""
+
+    step: Callable[[str, str, str], None] = lambda _exp, _task, _phase: None
+    trial: Callable[[str, dict[str, Any]], None] = lambda _exp, _event: None
+    message: Callable[[str], None] = lambda _text: None
+
+
+@dataclass
+class ApplyReport:
+    experiments: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    deployments: dict[str, str] = field(default_factory=dict)  # name -> endpoint
+
+
+class LocalControlPlane:
+    def __init__(self, home: Path, policy_dir: Path | None = None):
+        self.home = home
+        self.store = Store(home)
+        self.artifacts = home / "artifacts"
+        self.policy_dir = policy_dir or default_policy_dir()
+
+    # -- apply ----------------------------------------------------------------------------------
+
+    def apply(self, objects: list[Experiment | Model | Deployment], progress: Progress) -> ApplyReport:
+        report = ApplyReport()
+        with self.store.exclusive("aiml024 apply"):
+            stored = []
+            for obj in objects:
+                manifest = obj.wire()
+                manifest.pop("status", None)
+                if isinstance(obj, Experiment):
+                    manifest["metadata"].setdefault("annotations", {})
+                    manifest["metadata"]["annotations"].setdefault(
+                        "aiml024.io/applied-by", current_user()
+                    )
+                saved, _changed = self.store.apply(manifest)
+                stored.append(saved)
+            # Experiments first: they register the Models that Deployments serve.
+            for saved in sorted(stored, key=lambda o: ["Experiment", "Model", "Deployment"].index(o["kind"])):
+                name = saved["metadata"]["name"]
+                if saved["kind"] == "Experiment":
+                    model_name = self.reconcile_experiment(name, progress)
+                    report.experiments.append(name)
+                    if model_name:
+                        report.models.append(model_name)
+                elif saved["kind"] == "Model":
+                    self.reconcile_model(name)
+                    report.models.append(name)
+                else:
+                    report.deployments[name] = self.reconcile_deployment(name, progress)
+        return report
+
+    # -- experiments ----------------------------------------------------------------------------
+
+    def reconcile_experiment(self, name: str, progress: Progress) -> str | None:
+        exp = Experiment.model_validate(self.store.get("Experiment", name))
+        options = CompileOptions(code_version=__version__)
+        try:
+            workflow = compile_experiment(exp, options)
+        except CompileError as error:
+            status = experiment_rules.invalid_spec_status(exp, str(error), _now())
+            self._set_status(exp, status.wire())
+            self.store.record_event(exp.wire(), "Warning", "InvalidSpec", str(error))
+            raise ApplyError(f"experiment {name}: {error}") from None
+        wf_name = workflow["metadata"]["name"]
+        current = exp.status
+        if (
+            current is not None
+            and current.observed_generation == exp.metadata.generation
+            and current.phase == "Succeeded"
+            and current.model_name
+        ):
+            progress.message(f"experiment {name} is up to date ({wf_name} succeeded)")
+            return current.model_name
+
+        self.store.apply(workflow)
+        self.store.record_event(exp.wire(), "Normal", "WorkflowCreated", f"created workflow {wf_name}")
+        best: dict[str, Any] = {"trials": 0, "best": None}
+        last_run: list[WorkflowRun] = []
+
+        def on_change(run: WorkflowRun) -> None:
+            last_run[:] = [run]
+            self.store.update_status("Workflow", wf_name, run.status())
+            for node in run.nodes.values():
+                progress.step(name, node.name, node.phase)
+            status = experiment_rules.experiment_status(
+                exp, wf_name, run.status(), _now(), (best["trials"], best["best"])
+            )
+            self._set_status(exp, status.wire())
+
+        def on_event(_task: str, event: dict[str, Any]) -> None:
+            if event.get("event") == "trial":
+                best["trials"] = int(event.get("number", 0)) + 1
+                best["best"] = event.get("best")
+                progress.trial(name, event)
+
+        rundir = self.home / "runs" / wf_name
+        if rundir.exists():
+            shutil.rmtree(rundir)
+        executor = LocalExecutor(rundir)
+        run = executor.run(
+            workflow,
+            parameters={
+                "artifact-store": self.artifacts.as_uri(),
+                "study-storage": "",
+                "code-version": __version__,
+            },
+            listener=on_event,
+            on_change=on_change,
+        )
+        exp = Experiment.model_validate(self.store.get("Experiment", name))
+        if run.phase != "Succeeded":
+            message = run.message or "workflow failed"
+            self.store.record_event(exp.wire(), "Warning", "WorkflowFailed", message)
+            raise ApplyError(f"experiment {name}: {message}")
+        manifest = experiment_rules.registered_model(run.status())
+        if manifest is None:
+            raise ApplyError(f"experiment {name}: the register step produced no model")
+        model_name = self._register(exp, manifest)
+        status = experiment_rules.experiment_status(exp, wf_name, run.status(), _now())
+        status.model_name = model_name
+        self._set_status(exp, status.wire())
+        self.store.record_event(exp.wire(), "Normal", "ModelRegistered", f"registered model {model_name}")
+        self.reconcile_model(model_name)
+        return model_name
+
+    def _register(self, exp: Experiment, manifest: dict[str, Any]) -> str:
+        model = parse_object(manifest, source="register step output")
+        assert isinstance(model, Model)
+        model.spec.owner = exp.metadata.annotations.get("aiml024.io/applied-by")
+        spec_manifest = model.wire()
+        status = spec_manifest.pop("status", {})
+        existing = self.store.find("Model", model.metadata.name)
+        if existing is not None:
+            # A retrained version replaces the record; its approvals were for the old artifact.
+            spec_manifest["spec"]["stage"] = "staging"
+        self.store.apply(spec_manifest)
+        self.store.update_status("Model", model.metadata.name, status)
+        return model.metadata.name
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def reconcile_model(self, name: str) -> Model:
+        model = Model.model_validate(self.store.get("Model", name))
+        gate = evaluate(model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals)
+        status = model_rules.status_after_gate(model, gate, _now())
+        self._set_status(model, status.wire())
+        reason = {"allow": "PolicyAllowed", "deny": "PolicyDenied", "require_approval": "ApprovalRequired"}
+        message = f"stage {model.spec.stage}: {gate.decision}"
+        if gate.violations:
+            message += " (" + "; ".join(gate.violations) + ")"
+        self.store.record_event(
+            model.wire(), "Warning" if gate.decision == "deny" else "Normal", reason[gate.decision], message
+        )
+        return Model.model_validate(self.store.get("Model", name))
+
+    def promote(self, name: str, stage: str) -> Model:
+        with self.store.exclusive(f"aiml024 promote model/{name}"):
+            manifest = self.store.get("Model", name)
+            manifest["spec"]["stage"] = stage
+            self.store.apply(manifest)
+            return self.reconcile_model(name)
+
+    def approve(self, name: str, stage: str, user: str, comment: str = "") -> Model:
+        with self.store.exclusive(f"aiml024 approve model/{name}"):
+            model = Model.model_validate(self.store.get("Model", name))
+            status = model.status or ModelStatus()
+            problem = model_rules.approval_problem(model, user, stage)
+            if problem:
+                raise ApplyError(problem)
+            status.approvals.append(Approval(user=user, stage=stage, at=_now(), comment=comment))
+            self._set_status(model, status.wire())
+            self.store.record_event(model.wire(), "Normal", "Approved", f"{user} approved stage {stage}")
+            return self.reconcile_model(name)
+
+    # -- deployments ----------------------------------------------------------------------------
+
+    def reconcile_deployment(self, name: str, progress: Progress) -> str:
+        dep = Deployment.model_validate(self.store.get("Deployment", name))
+        models = {m["metadata"]["name"]: Model.model_validate(m) for m in self.store.list("Model")}
+        try:
+            plan = deployment_rules.plan_predictors(dep, models)
+        except deployment_rules.NotServable as waiting:
+            status = deployment_rules.deployment_status(dep, None, None, _now(), str(waiting))
+            self._set_status(dep, status.wire())
+            self.store.record_event(dep.wire(), "Warning", "WaitingForModel", str(waiting))
+            raise ApplyError(f"deployment {name}: {waiting}") from None
+
+        server_file = self.home / "servers" / f"{name}.json"
+        info = model_server.ServerInfo.model_validate_json(server_file.read_text()) if server_file.exists() else None
+        wanted = {p.role: p.sha256 for p in plan}
+        if info and model_server.server_alive(info) and dep.status and dep.status.models == wanted \
+                and dep.status.traffic == {p.role: p.weight for p in plan}:
+            progress.message(f"deployment {name} is already serving at {info.url}")
+            return info.url
+        if info:
+            model_server.stop_server(info)
+        progress.message(f"starting MLServer for deployment {name}")
+        predictors = [
+            model_server.Predictor(
+                name=f"{p.model}", role=p.role, bundle_dir=self._local_bundle(p.artifact_uri),
+                sha256=p.sha256, weight=p.weight, deployment=name, shadow=p.shadow,
+            )
+            for p in plan
+        ]  # fmt: skip
+        try:
+            info = model_server.start_server(name, predictors, self.home / "servers" / name)
+        except Exception as error:
+            status = deployment_rules.deployment_status(dep, None, None, _now(), f"server failed: {error}")
+            self._set_status(dep, status.wire())
+            raise ApplyError(f"deployment {name}: the model server did not start: {error}") from None
+        write_atomic(server_file, info.model_dump_json(indent=2))
+        status = deployment_rules.deployment_status(dep, plan, info.url, _now())
+        self._set_status(dep, status.wire())
+        self.store.record_event(dep.wire(), "Normal", "Serving", f"serving at {info.url}")
+        return info.url
+
+    def _local_bundle(self, artifact_uri: str) -> Path:
+        if not artifact_uri.startswith("file://"):
+            raise ApplyError(f"the local control plane serves file:// artifacts, not {artifact_uri}")
+        return Path(artifact_uri.removeprefix("file://"))
+
+    # -- delete ---------------------------------------------------------------------------------
+
+    def delete(self, kind: str, name: str) -> bool:
+        with self.store.exclusive(f"aiml024 delete {kind.lower()}/{name}"):
+            if kind == "Deployment":
+                server_file = self.home / "servers" / f"{name}.json"
+                if server_file.exists():
+                    model_server.stop_server(model_server.ServerInfo.model_validate_json(server_file.read_text()))
+                    server_file.unlink()
+            return self.store.delete(kind, name)
+
+    def _set_status(self, obj: Experiment | Model | Deployment, status: dict[str, Any]) -> None:
+        self.store.update_status(obj.kind, obj.metadata.name, status, obj.metadata.namespace or DEFAULT_NAMESPACE)

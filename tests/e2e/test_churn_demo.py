@@ -1,0 +1,155 @@
+"""The churn demo as a new user runs it: apply, inspect, call, promote, approve, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLES
+from tests.e2e.conftest import Cli, make_cli
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """Apply examples/churn/ once for the module; always stop the server at the end."""
+    root = tmp_path_factory.mktemp("demo")
+    cli = make_cli(root / "state", root)
+    started = time.monotonic()
+    result = cli("apply", "-f", str(EXAMPLES / "churn"))
+    elapsed = time.monotonic() - started
+    yield cli, root / "state", result, elapsed
+    cli("delete", "-f", str(EXAMPLES / "churn"))
+
+
+def get(cli: Cli, kind: str, name: str) -> dict:
+    result = cli("get", kind, name, "-o", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_apply_trains_gates_and_serves_within_three_minutes(demo) -> None:
+    cli, _home, result, elapsed = demo
+    assert result.code == 0, result.err
+    assert elapsed < 180, f"the demo took {elapsed:.0f} s"
+    assert "serving at http://127.0.0.1:" in result.out
+    assert "one real prediction" in result.out
+    assert '"predictions"' in result.out and '"score"' in result.out
+
+
+def test_tuned_model_beats_the_default_lightgbm_baseline(demo) -> None:
+    cli, *_ = demo
+    model = get(cli, "model", "churn-model")
+    status = model["status"]
+    assert status["primaryMetric"] == "auc"
+    assert status["metrics"]["auc"] > status["baselineMetrics"]["auc"]
+    assert 0.75 < status["metrics"]["auc"] < 0.97
+    assert status["sha256"] and status["artifactUri"].startswith("file://")
+    lineage = status["lineage"]
+    assert lineage["datasetFingerprint"] and lineage["specHash"] and lineage["codeVersion"]
+    assert status["policy"]["decision"] == "allow" and status["stage"] == "staging"
+    assert set(status["evidence"]["piiColumns"]) >= {"email"}
+
+
+def test_get_shows_kubectl_like_tables(demo) -> None:
+    cli, *_ = demo
+    table = cli("get", "experiments").out
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "TASK", "PHASE", "TRIALS", "METRIC", "BEST", "AGE"]
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["churn", "classification", "Succeeded"]
+    done, total = row[3].split("/")
+    assert int(done) >= 1 and total == "40"
+    assert row[4] == "auc"
+    exp = get(cli, "experiments", "churn")
+    assert exp["status"]["observedGeneration"] == exp["metadata"]["generation"]
+    assert {c["type"]: c["status"] for c in exp["status"]["conditions"]}["Ready"] == "True"
+    as_yaml = yaml.safe_load(cli("get", "deployment", "churn", "-o", "yaml").out)
+    assert as_yaml["status"]["endpoint"].startswith("http://127.0.0.1:")
+
+
+def test_describe_tells_the_story(demo) -> None:
+    cli, *_ = demo
+    page = cli("describe", "experiment", "churn").out
+    assert "Leaderboard" in page and "WorkflowCreated" in page and "ModelRegistered" in page
+    model_page = cli("describe", "model", "churn-model").out
+    assert "baseline" in model_page and "Policy:" in model_page
+
+
+def test_both_protocols_answer(demo) -> None:
+    cli, *_ = demo
+    endpoint = get(cli, "deployment", "churn")["status"]["endpoint"]
+    row = {"customer_id": "C-TEST-1", "tenure_months": 2, "monthly_charges": 105.0,
+           "contract": "month-to-month", "last_message": "the price went up again, I want to cancel"}  # fmt: skip
+    prd = httpx.post(f"{endpoint}/v1/inference/churn:predict", json={"instances": [row]}, timeout=30)
+    assert prd.status_code == 200, prd.text
+    body = prd.json()
+    [prediction] = body["predictions"]
+    assert prediction["customer_id"] == "C-TEST-1"
+    assert prediction["label"] in (0, 1) and 0.0 <= prediction["score"] <= 1.0
+    assert body["latency_ms"] > 0
+    v2 = httpx.post(f"{endpoint}/v2/models/churn-model/infer", timeout=30, json={
+        "parameters": {"content_type": "pd"},
+        "inputs": [{"name": "tenure_months", "datatype": "FP64", "shape": [1], "data": [2]},
+                   {"name": "contract", "datatype": "BYTES", "shape": [1], "data": ["month-to-month"]}],
+    })  # fmt: skip
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+    assert set(outputs) >= {"label", "score"}
+
+
+def test_production_needs_policy_and_another_persons_approval(demo) -> None:
+    cli, *_ = demo
+    author = os.environ.get("AIML024_USER") or __import__("getpass").getuser()
+    asked = cli("promote", "model/churn-model", "--stage", "production")
+    assert asked.code == 0, asked.err
+    assert "require_approval" in asked.out
+    own = cli("approve", "model/churn-model", "--stage", "production", user=author)
+    assert own.code == 1 and "cannot approve it (four eyes" in own.err
+    other = cli("approve", "model/churn-model", "--stage", "production", user="risk-officer")
+    assert other.code == 0, other.err
+    model = get(cli, "model", "churn-model")
+    assert model["status"]["stage"] == "production"
+    assert [a["user"] for a in model["status"]["approvals"]] == ["risk-officer"]
+
+
+def test_apply_again_is_idempotent(demo) -> None:
+    cli, home, *_ = demo
+    workflows = sorted(p.name for p in (home / "objects" / "workflows").rglob("*.json"))
+    again = cli("apply", "-f", str(EXAMPLES / "churn"))
+    assert again.code == 0, again.err
+    assert "up to date" in again.out and "already serving" in again.out
+    assert sorted(p.name for p in (home / "objects" / "workflows").rglob("*.json")) == workflows
+
+
+def test_delete_stops_the_model_server(demo) -> None:
+    cli, home, *_ = demo
+    info = json.loads((home / "servers" / "churn.json").read_text())
+    result = cli("delete", "-f", str(EXAMPLES / "churn"))
+    assert result.code == 0
+    assert "deployment.aiml024.io/churn deleted" in result.out
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the model server process is still running")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{info['url']}/v2/health/live", timeout=2)
+    assert cli("get", "deployments").out.strip() == "No deployments found."
+
+
+def test_compile_prints_the_cluster_manifests(tmp_path: Path) -> None:
+    cli = make_cli(tmp_path / "state", tmp_path)
+    result = cli("compile", "-f", str(EXAMPLES / "churn"))
+    assert result.code == 0, result.err
+    kinds = [d["kind"] for d in yaml.safe_load_all(result.out)]
+    assert "Workflow" in kinds and "SeldonDeployment" in kinds
