@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from tests.e2e.conftest import Cli, small_table, write_experiment
 
 
 def state_files(home: Path) -> dict[str, str]:
     """Every stored object, to compare before and after a failed command."""
     root = home / "objects"
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.json"))} if root.exists() else {}
+    return (
+        {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.json"))}
+        if root.exists()
+        else {}
+    )
 
 
 def assert_state_parses(home: Path) -> None:
@@ -34,7 +37,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def test_unknown_field_and_wrong_type_are_named(cli: Cli, tmp_path: Path, data_dir: Path) -> None:
-    spec = write_experiment(tmp_path / "specs", str(data_dir / "small.csv"), search={"trials": "lots", "colour": 1})
+    spec = write_experiment(
+        tmp_path / "specs", str(data_dir / "small.csv"), search={"trials": "lots", "colour": 1}
+    )
     result = cli("apply", "-f", str(spec))
     assert result.code == 1
     assert "spec.search.trials: Input should be a valid integer" in result.err
@@ -42,8 +47,12 @@ def test_unknown_field_and_wrong_type_are_named(cli: Cli, tmp_path: Path, data_d
     assert str(spec) in result.err
 
 
-def test_zero_budget_is_refused_before_anything_runs(cli: Cli, home: Path, tmp_path: Path, data_dir: Path) -> None:
-    spec = write_experiment(tmp_path / "specs", str(data_dir / "small.csv"), search={"timeBudgetSeconds": 0})
+def test_zero_budget_is_refused_before_anything_runs(
+    cli: Cli, home: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    spec = write_experiment(
+        tmp_path / "specs", str(data_dir / "small.csv"), search={"timeBudgetSeconds": 0}
+    )
     result = cli("apply", "-f", str(spec))
     assert result.code == 1
     assert "spec.search.timeBudgetSeconds: Input should be greater than or equal to 1" in result.err
@@ -90,7 +99,9 @@ def test_unknown_scheme_says_what_to_install_or_use(cli: Cli, tmp_path: Path) ->
     assert "nosuch://" in result.err
 
 
-def test_a_failed_apply_leaves_earlier_objects_intact(cli: Cli, home: Path, tmp_path: Path, data_dir: Path) -> None:
+def test_a_failed_apply_leaves_earlier_objects_intact(
+    cli: Cli, home: Path, tmp_path: Path, data_dir: Path
+) -> None:
     good = write_experiment(tmp_path / "specs", str(data_dir / "small.csv"), name="good")
     assert cli("apply", "-f", str(good)).code == 0
     before = state_files(home)
@@ -104,11 +115,15 @@ def test_a_failed_apply_leaves_earlier_objects_intact(cli: Cli, home: Path, tmp_
     assert_state_parses(home)
 
 
-def test_a_second_apply_while_one_runs_is_refused(cli: Cli, home: Path, tmp_path: Path, data_dir: Path) -> None:
+def test_a_second_apply_while_one_runs_is_refused(
+    cli: Cli, home: Path, tmp_path: Path, data_dir: Path
+) -> None:
     slow = write_experiment(tmp_path / "specs", str(data_dir / "small.csv"), name="slow",
                             search={"trials": 1000, "timeBudgetSeconds": 12, "learners": ["lightgbm"]})  # fmt: skip
     results = {}
-    first = threading.Thread(target=lambda: results.setdefault("first", cli("apply", "-f", str(slow))))
+    first = threading.Thread(
+        target=lambda: results.setdefault("first", cli("apply", "-f", str(slow)))
+    )
     first.start()
     deadline = time.monotonic() + 60
     while not (home / "apply.owner").exists() and time.monotonic() < deadline:

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from tests.conftest import EXAMPLES
 from tests.e2e.conftest import Cli, make_cli
 
@@ -86,7 +85,9 @@ def test_both_protocols_answer(demo) -> None:
     endpoint = get(cli, "deployment", "churn")["status"]["endpoint"]
     row = {"customer_id": "C-TEST-1", "tenure_months": 2, "monthly_charges": 105.0,
            "contract": "month-to-month", "last_message": "the price went up again, I want to cancel"}  # fmt: skip
-    prd = httpx.post(f"{endpoint}/v1/inference/churn:predict", json={"instances": [row]}, timeout=30)
+    prd = httpx.post(
+        f"{endpoint}/v1/inference/churn:predict", json={"instances": [row]}, timeout=30
+    )
     assert prd.status_code == 200, prd.text
     body = prd.json()
     [prediction] = body["predictions"]

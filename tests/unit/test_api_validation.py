@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import EXAMPLES
 
 from aiml024.api import Experiment, SpecError, kind_for, parse_object
 from aiml024.local.manifests import load_manifests
-from tests.conftest import EXAMPLES
 
 
 def churn() -> dict:
@@ -63,12 +63,18 @@ def test_missing_required_fields_are_listed_together() -> None:
 
 
 def test_wrong_api_version_and_kind() -> None:
-    assert "apiVersion: expected aiml024.io/v1alpha1" in problems_of({**churn(), "apiVersion": "v1"})
-    assert "kind: expected one of Experiment, Model, Deployment" in problems_of({**churn(), "kind": "Job"})
+    assert "apiVersion: expected aiml024.io/v1alpha1" in problems_of(
+        {**churn(), "apiVersion": "v1"}
+    )
+    assert "kind: expected one of Experiment, Model, Deployment" in problems_of(
+        {**churn(), "kind": "Job"}
+    )
 
 
 def test_load_reports_every_bad_file_with_its_path(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("apiVersion: aiml024.io/v1alpha1\nkind: Experiment\nmetadata: {name: a}\nspec: {}\n")
+    (tmp_path / "a.yaml").write_text(
+        "apiVersion: aiml024.io/v1alpha1\nkind: Experiment\nmetadata: {name: a}\nspec: {}\n"
+    )
     (tmp_path / "b.yaml").write_text("key: [unclosed\n")
     with pytest.raises(SpecError) as caught:
         load_manifests(tmp_path)
@@ -98,7 +104,9 @@ def test_relative_data_paths_resolve_against_the_manifest(tmp_path: Path) -> Non
 
 
 def test_kinds_resolve_like_kubectl() -> None:
-    assert {kind_for(k) for k in ("experiments", "exp", "Experiment", "experiment")} == {"Experiment"}
+    assert {kind_for(k) for k in ("experiments", "exp", "Experiment", "experiment")} == {
+        "Experiment"
+    }
     assert kind_for("mdep") == "Deployment"
     with pytest.raises(SpecError, match="unknown kind 'pods'"):
         kind_for("pods")

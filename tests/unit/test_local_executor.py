@@ -122,10 +122,21 @@ def test_active_deadline_kills_a_silent_step(tmp_path: Path) -> None:
     ("mutate", "message"),
     [
         (lambda wf: wf["spec"]["templates"][1].update(script={"source": "print(1)"}), "script"),
-        (lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(withItems=[1, 2]), "withItems"),
-        (lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(when="{{x}} == 1"), "when"),
+        (
+            lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(withItems=[1, 2]),
+            "withItems",
+        ),
+        (
+            lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(when="{{x}} == 1"),
+            "when",
+        ),
         (lambda wf: wf["spec"].update(onExit="cleanup"), "onExit"),
-        (lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(depends="write.Succeeded || x"), "depends"),
+        (
+            lambda wf: wf["spec"]["templates"][0]["dag"]["tasks"][0].update(
+                depends="write.Succeeded || x"
+            ),
+            "depends",
+        ),
         (lambda wf: wf.update(kind="CronWorkflow"), "not an Argo Workflow"),
     ],
 )

@@ -79,7 +79,9 @@ def test_events_are_recorded_per_object(tmp_path: Path) -> None:
     obj, _ = store.apply(experiment())
     store.record_event(obj, "Normal", "WorkflowCreated", "created workflow churn-g1")
     events = store.events_for("Experiment", "churn")
-    assert [(e["reason"], e["message"]) for e in events] == [("WorkflowCreated", "created workflow churn-g1")]
+    assert [(e["reason"], e["message"]) for e in events] == [
+        ("WorkflowCreated", "created workflow churn-g1")
+    ]
     assert store.events_for("Model", "churn") == []
 
 

@@ -26,7 +26,13 @@ def experiment(generation: int = 1) -> Experiment:
 
 def node(name: str, phase: str, result: dict | None = None, message: str | None = None) -> dict:
     outputs = {"parameters": [{"name": "result", "value": json.dumps(result)}]} if result else {}
-    return {"displayName": name, "type": "Pod", "phase": phase, "outputs": outputs, "message": message}
+    return {
+        "displayName": name,
+        "type": "Pod",
+        "phase": phase,
+        "outputs": outputs,
+        "message": message,
+    }
 
 
 SEARCH = {
@@ -61,7 +67,10 @@ def test_search_result_fills_best_trial_and_a_short_leaderboard() -> None:
 
 
 def test_failure_names_the_step_and_its_message() -> None:
-    wf = {"phase": "Failed", "nodes": {"a": node("validate", "Failed", message="target column 'y' not found")}}
+    wf = {
+        "phase": "Failed",
+        "nodes": {"a": node("validate", "Failed", message="target column 'y' not found")},
+    }
     status = experiment_rules.experiment_status(experiment(), "churn-g1", wf, T0)
     assert status.phase == "Failed"
     assert status.message == "step validate failed: target column 'y' not found"
@@ -72,15 +81,21 @@ def test_condition_transition_time_is_kept_while_status_is_unchanged() -> None:
     exp = experiment()
     first = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Running"}, T0)
     exp.status = first
-    later = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Running"}, T0 + timedelta(minutes=5))
+    later = experiment_rules.experiment_status(
+        exp, "churn-g1", {"phase": "Running"}, T0 + timedelta(minutes=5)
+    )
     assert later.condition("Ready").last_transition_time == T0  # type: ignore[union-attr]
     exp.status = later
-    done = experiment_rules.experiment_status(exp, "churn-g1", {"phase": "Succeeded"}, T0 + timedelta(minutes=9))
+    done = experiment_rules.experiment_status(
+        exp, "churn-g1", {"phase": "Succeeded"}, T0 + timedelta(minutes=9)
+    )
     assert done.condition("Ready").last_transition_time == T0 + timedelta(minutes=9)  # type: ignore[union-attr]
 
 
 def test_invalid_spec_is_a_permanent_ready_false() -> None:
-    status = experiment_rules.invalid_spec_status(experiment(3), "spec.task: forecasting is not supported", T0)
+    status = experiment_rules.invalid_spec_status(
+        experiment(3), "spec.task: forecasting is not supported", T0
+    )
     ready = status.condition("Ready")
     assert ready is not None and ready.reason == "InvalidSpec" and status.observed_generation == 3
 
@@ -100,27 +115,43 @@ def model(stage: str = "production", owner: str = "alice", sha: str = "a" * 64) 
     })  # fmt: skip
 
 
-def gate(decision: str, violations: list[str] | None = None, stage: str = "production") -> GateResult:
-    return GateResult(decision=decision, violations=violations or [], bundle_digest="sha256:abc", stage=stage)
+def gate(
+    decision: str, violations: list[str] | None = None, stage: str = "production"
+) -> GateResult:
+    return GateResult(
+        decision=decision, violations=violations or [], bundle_digest="sha256:abc", stage=stage
+    )
 
 
 def test_allow_moves_the_stage_and_deny_does_not() -> None:
     allowed = model_rules.status_after_gate(model(), gate("allow"), T0)
     assert allowed.stage == "production" and allowed.phase == "Production"
-    denied = model_rules.status_after_gate(model(), gate("deny", ["metric_below_threshold: auc 0.61 < 0.70"]), T0)
+    denied = model_rules.status_after_gate(
+        model(), gate("deny", ["metric_below_threshold: auc 0.61 < 0.70"]), T0
+    )
     assert denied.stage == "staging" and denied.phase == "Denied"
-    assert denied.policy is not None and denied.policy.violations == ["metric_below_threshold: auc 0.61 < 0.70"]
+    assert denied.policy is not None and denied.policy.violations == [
+        "metric_below_threshold: auc 0.61 < 0.70"
+    ]
     promoted = denied.condition("Promoted")
-    assert promoted is not None and promoted.reason == "PolicyDenied" and "auc 0.61" in promoted.message
+    assert (
+        promoted is not None
+        and promoted.reason == "PolicyDenied"
+        and "auc 0.61" in promoted.message
+    )
 
 
 def test_require_approval_waits() -> None:
-    waiting = model_rules.status_after_gate(model(), gate("require_approval", ["approval_required: ..."]), T0)
+    waiting = model_rules.status_after_gate(
+        model(), gate("require_approval", ["approval_required: ..."]), T0
+    )
     assert waiting.stage == "staging" and waiting.phase == "PendingApproval"
 
 
 def test_four_eyes() -> None:
-    assert "cannot approve it" in (model_rules.approval_problem(model(owner="alice"), "Alice", "production") or "")
+    assert "cannot approve it" in (
+        model_rules.approval_problem(model(owner="alice"), "Alice", "production") or ""
+    )
     assert model_rules.approval_problem(model(owner="alice"), "bob", "production") is None
 
 
@@ -136,8 +167,13 @@ def test_plan_splits_traffic_by_the_canary_weight() -> None:
     plan = deployment_rules.plan_predictors(
         deployment(type="canary", canary={"model": "churn-v2", "weight": 20}), models
     )
-    assert [(p.role, p.model, p.weight) for p in plan] == [("stable", "churn-model", 80), ("canary", "churn-v2", 20)]
-    shadow = deployment_rules.plan_predictors(deployment(type="shadow", shadow={"model": "churn-v2"}), models)
+    assert [(p.role, p.model, p.weight) for p in plan] == [
+        ("stable", "churn-model", 80),
+        ("canary", "churn-v2", 20),
+    ]
+    shadow = deployment_rules.plan_predictors(
+        deployment(type="shadow", shadow={"model": "churn-v2"}), models
+    )
     assert [(p.role, p.shadow) for p in shadow] == [("stable", False), ("shadow", True)]
 
 
@@ -146,7 +182,9 @@ def test_plan_waits_for_a_registered_model_in_the_required_stage() -> None:
         deployment_rules.plan_predictors(deployment(), {})
     dep = deployment()
     dep.spec.require_stage = "production"
-    with pytest.raises(deployment_rules.NotServable, match="in stage staging, the deployment requires production"):
+    with pytest.raises(
+        deployment_rules.NotServable, match="in stage staging, the deployment requires production"
+    ):
         deployment_rules.plan_predictors(dep, {"churn-model": model()})
 
 

@@ -32,7 +32,9 @@ class SpecError(ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(p if p.startswith(source) else f"{source}: {p}" for p in problems))
+        super().__init__(
+            "\n".join(p if p.startswith(source) else f"{source}: {p}" for p in problems)
+        )
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,14 +31,16 @@ console = Console(width=None if sys.stdout.isatty() else 400)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     wide = "wide"
     yaml = "yaml"
     json = "json"
 
 
-FileOpt = Annotated[Path, typer.Option("--filename", "-f", help="A manifest file or a directory of them.")]
+FileOpt = Annotated[
+    Path, typer.Option("--filename", "-f", help="A manifest file or a directory of them.")
+]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -65,7 +67,6 @@ def _ref(ref: str, name: str | None) -> tuple[str, str | None]:
 def apply(filename: FileOpt) -> None:
     """Create or update objects and run them until they settle: trained, gated, serving."""
     from ..local.controlplane import ApplyError
-
     from .progress import ApplyProgress
 
     try:
@@ -97,7 +98,9 @@ def get(
         fail(str(error))
         return
     if output in (Output.yaml, Output.json):
-        payload: Any = objects[0] if name else {"apiVersion": "v1", "kind": "List", "items": objects}
+        payload: Any = (
+            objects[0] if name else {"apiVersion": "v1", "kind": "List", "items": objects}
+        )
         if output == Output.json:
             console.print_json(json.dumps(payload))
         else:
@@ -141,7 +144,9 @@ def compile_(filename: FileOpt) -> None:
 @app.command()
 def promote(
     ref: Annotated[str, typer.Argument(help="model/NAME")],
-    stage: Annotated[str, typer.Option("--stage", help="staging, production or archived")] = "production",
+    stage: Annotated[
+        str, typer.Option("--stage", help="staging, production or archived")
+    ] = "production",
 ) -> None:
     """Ask to move a Model to a stage; the policy decides, approvals may be needed."""
     from ..local.controlplane import ApplyError

@@ -16,7 +16,11 @@ from ..local.store import Store
 def age(timestamp: str | None) -> str:
     if not timestamp:
         return "<unknown>"
-    seconds = int((datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds())
+    seconds = int(
+        (
+            datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        ).total_seconds()
+    )
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -33,7 +37,10 @@ def _fmt(value: Any) -> str:
 
 def _experiment_row(obj: dict[str, Any], wide: bool) -> list[str]:
     status = obj.get("status") or {}
-    done, total = status.get("trialsCompleted", 0), status.get("trialsTotal") or obj["spec"]["search"]["trials"]
+    done, total = (
+        status.get("trialsCompleted", 0),
+        status.get("trialsTotal") or obj["spec"]["search"]["trials"],
+    )
     row = [obj["metadata"]["name"], obj["spec"]["task"], status.get("phase", "Pending"),
            f"{done}/{total}", status.get("metric") or "-", _fmt(status.get("bestValue")),
            age(obj["metadata"].get("creationTimestamp"))]  # fmt: skip
@@ -88,7 +95,9 @@ def describe(console: Console, obj: dict[str, Any], events: list[dict[str, Any]]
     console.print(f"[bold]Name:[/]         {meta['name']}")
     console.print(f"[bold]Namespace:[/]    {meta.get('namespace', 'default')}")
     console.print(f"[bold]Kind:[/]         {obj['kind']} ({obj['apiVersion']})")
-    console.print(f"[bold]Generation:[/]   {meta.get('generation')} (observed {status.get('observedGeneration', '-')})")
+    console.print(
+        f"[bold]Generation:[/]   {meta.get('generation')} (observed {status.get('observedGeneration', '-')})"
+    )
     console.print(f"[bold]Created:[/]      {meta.get('creationTimestamp')}")
     console.print(f"[bold]Phase:[/]        {status.get('phase', 'Pending')}")
     if status.get("message"):
@@ -102,7 +111,9 @@ def describe(console: Console, obj: dict[str, Any], events: list[dict[str, Any]]
     for column in ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"):
         conditions.add_column(column, overflow="fold")
     for c in status.get("conditions", []):
-        conditions.add_row(c["type"], c["status"], c["reason"], c["lastTransitionTime"], c.get("message", ""))
+        conditions.add_row(
+            c["type"], c["status"], c["reason"], c["lastTransitionTime"], c.get("message", "")
+        )
     console.print(conditions)
     leaderboard = status.get("leaderboard") or []
     if leaderboard:
@@ -137,7 +148,9 @@ def _describe_model(console: Console, status: dict[str, Any]) -> None:
         for violation in policy.get("violations", []):
             console.print(f"  - {violation}")
     for approval in status.get("approvals", []):
-        console.print(f"[bold]Approved:[/]     {approval['user']} for {approval['stage']} at {approval['at']}")
+        console.print(
+            f"[bold]Approved:[/]     {approval['user']} for {approval['stage']} at {approval['at']}"
+        )
     lineage = status.get("lineage") or {}
     if lineage:
         console.print(f"[bold]Lineage:[/]      dataset {lineage.get('datasetFingerprint', '')[:12]}, "

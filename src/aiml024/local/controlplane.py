@@ -27,6 +27,7 @@ from . import server as model_server
 from .executor import LocalExecutor, WorkflowRun
 from .store import DEFAULT_NAMESPACE, Store, write_atomic
 
+
 # Who is acting: there is no authentication on one machine, so the OS login is the identity
 # (AIML024_USER overrides it, e.g. for a second person on a shared box or in demos).
 def current_user() -> str:
@@ -66,7 +67,9 @@ class LocalControlPlane:
 
     # -- apply ----------------------------------------------------------------------------------
 
-    def apply(self, objects: list[Experiment | Model | Deployment], progress: Progress) -> ApplyReport:
+    def apply(
+        self, objects: list[Experiment | Model | Deployment], progress: Progress
+    ) -> ApplyReport:
         report = ApplyReport()
         with self.store.exclusive("aiml024 apply"):
             stored = []
@@ -81,7 +84,9 @@ class LocalControlPlane:
                 saved, _changed = self.store.apply(manifest)
                 stored.append(saved)
             # Experiments first: they register the Models that Deployments serve.
-            for saved in sorted(stored, key=lambda o: ["Experiment", "Model", "Deployment"].index(o["kind"])):
+            for saved in sorted(
+                stored, key=lambda o: ["Experiment", "Model", "Deployment"].index(o["kind"])
+            ):
                 name = saved["metadata"]["name"]
                 if saved["kind"] == "Experiment":
                     model_name = self.reconcile_experiment(name, progress)
@@ -119,7 +124,9 @@ class LocalControlPlane:
             return current.model_name
 
         self.store.apply(workflow)
-        self.store.record_event(exp.wire(), "Normal", "WorkflowCreated", f"created workflow {wf_name}")
+        self.store.record_event(
+            exp.wire(), "Normal", "WorkflowCreated", f"created workflow {wf_name}"
+        )
         best: dict[str, Any] = {"trials": 0, "best": None}
         last_run: list[WorkflowRun] = []
 
@@ -165,7 +172,9 @@ class LocalControlPlane:
         status = experiment_rules.experiment_status(exp, wf_name, run.status(), _now())
         status.model_name = model_name
         self._set_status(exp, status.wire())
-        self.store.record_event(exp.wire(), "Normal", "ModelRegistered", f"registered model {model_name}")
+        self.store.record_event(
+            exp.wire(), "Normal", "ModelRegistered", f"registered model {model_name}"
+        )
         self.reconcile_model(model_name)
         return model_name
 
@@ -187,15 +196,24 @@ class LocalControlPlane:
 
     def reconcile_model(self, name: str) -> Model:
         model = Model.model_validate(self.store.get("Model", name))
-        gate = evaluate(model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals)
+        gate = evaluate(
+            model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals
+        )
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
-        reason = {"allow": "PolicyAllowed", "deny": "PolicyDenied", "require_approval": "ApprovalRequired"}
+        reason = {
+            "allow": "PolicyAllowed",
+            "deny": "PolicyDenied",
+            "require_approval": "ApprovalRequired",
+        }
         message = f"stage {model.spec.stage}: {gate.decision}"
         if gate.violations:
             message += " (" + "; ".join(gate.violations) + ")"
         self.store.record_event(
-            model.wire(), "Warning" if gate.decision == "deny" else "Normal", reason[gate.decision], message
+            model.wire(),
+            "Warning" if gate.decision == "deny" else "Normal",
+            reason[gate.decision],
+            message,
         )
         return Model.model_validate(self.store.get("Model", name))
 
@@ -215,7 +233,9 @@ class LocalControlPlane:
                 raise ApplyError(problem)
             status.approvals.append(Approval(user=user, stage=stage, at=_now(), comment=comment))
             self._set_status(model, status.wire())
-            self.store.record_event(model.wire(), "Normal", "Approved", f"{user} approved stage {stage}")
+            self.store.record_event(
+                model.wire(), "Normal", "Approved", f"{user} approved stage {stage}"
+            )
             return self.reconcile_model(name)
 
     # -- deployments ----------------------------------------------------------------------------
@@ -232,10 +252,19 @@ class LocalControlPlane:
             raise ApplyError(f"deployment {name}: {waiting}") from None
 
         server_file = self.home / "servers" / f"{name}.json"
-        info = model_server.ServerInfo.model_validate_json(server_file.read_text()) if server_file.exists() else None
+        info = (
+            model_server.ServerInfo.model_validate_json(server_file.read_text())
+            if server_file.exists()
+            else None
+        )
         wanted = {p.role: p.sha256 for p in plan}
-        if info and model_server.server_alive(info) and dep.status and dep.status.models == wanted \
-                and dep.status.traffic == {p.role: p.weight for p in plan}:
+        if (
+            info
+            and model_server.server_alive(info)
+            and dep.status
+            and dep.status.models == wanted
+            and dep.status.traffic == {p.role: p.weight for p in plan}
+        ):
             progress.message(f"deployment {name} is already serving at {info.url}")
             return info.url
         if info:
@@ -251,9 +280,13 @@ class LocalControlPlane:
         try:
             info = model_server.start_server(name, predictors, self.home / "servers" / name)
         except Exception as error:
-            status = deployment_rules.deployment_status(dep, None, None, _now(), f"server failed: {error}")
+            status = deployment_rules.deployment_status(
+                dep, None, None, _now(), f"server failed: {error}"
+            )
             self._set_status(dep, status.wire())
-            raise ApplyError(f"deployment {name}: the model server did not start: {error}") from None
+            raise ApplyError(
+                f"deployment {name}: the model server did not start: {error}"
+            ) from None
         write_atomic(server_file, info.model_dump_json(indent=2))
         status = deployment_rules.deployment_status(dep, plan, info.url, _now())
         self._set_status(dep, status.wire())
@@ -262,7 +295,9 @@ class LocalControlPlane:
 
     def _local_bundle(self, artifact_uri: str) -> Path:
         if not artifact_uri.startswith("file://"):
-            raise ApplyError(f"the local control plane serves file:// artifacts, not {artifact_uri}")
+            raise ApplyError(
+                f"the local control plane serves file:// artifacts, not {artifact_uri}"
+            )
         return Path(artifact_uri.removeprefix("file://"))
 
     # -- delete ---------------------------------------------------------------------------------
@@ -272,9 +307,13 @@ class LocalControlPlane:
             if kind == "Deployment":
                 server_file = self.home / "servers" / f"{name}.json"
                 if server_file.exists():
-                    model_server.stop_server(model_server.ServerInfo.model_validate_json(server_file.read_text()))
+                    model_server.stop_server(
+                        model_server.ServerInfo.model_validate_json(server_file.read_text())
+                    )
                     server_file.unlink()
             return self.store.delete(kind, name)
 
     def _set_status(self, obj: Experiment | Model | Deployment, status: dict[str, Any]) -> None:
-        self.store.update_status(obj.kind, obj.metadata.name, status, obj.metadata.namespace or DEFAULT_NAMESPACE)
+        self.store.update_status(
+            obj.kind, obj.metadata.name, status, obj.metadata.namespace or DEFAULT_NAMESPACE
+        )

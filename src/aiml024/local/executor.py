@@ -222,7 +222,9 @@ class LocalExecutor:
         if unknown:
             raise ExecutorError(f"unknown workflow parameter(s): {', '.join(unknown)}")
         arguments.update(parameters or {})
-        scope = {"workflow.name": name} | {f"workflow.parameters.{k}": v for k, v in arguments.items()}
+        scope = {"workflow.name": name} | {
+            f"workflow.parameters.{k}": v for k, v in arguments.items()
+        }
 
         run = WorkflowRun(name=name, phase="Running", started_at=_now())
         tasks = _task_order(entry["dag"]["tasks"])
@@ -272,7 +274,9 @@ class LocalExecutor:
 
         local_scope = dict(scope)
         task_args = task.get("arguments", {})
-        passed = {p["name"]: substitute(str(p["value"]), scope) for p in task_args.get("parameters", [])}
+        passed = {
+            p["name"]: substitute(str(p["value"]), scope) for p in task_args.get("parameters", [])
+        }
         for p in template.get("inputs", {}).get("parameters", []):
             if p["name"] in passed:
                 value = passed[p["name"]]
@@ -285,7 +289,9 @@ class LocalExecutor:
         for art in template.get("inputs", {}).get("artifacts", []):
             source = sources.get(art["name"], {}).get("from")
             if source is None:
-                raise ExecutorError(f"task {task['name']}: input artifact {art['name']} has no from")
+                raise ExecutorError(
+                    f"task {task['name']}: input artifact {art['name']} has no from"
+                )
             ref = re.fullmatch(r"{{\s*tasks\.([\w-]+)\.outputs\.artifacts\.([\w-]+)\s*}}", source)
             if ref is None or (ref.group(1), ref.group(2)) not in artifacts:
                 raise ExecutorError(f"task {task['name']}: cannot resolve artifact {source}")

@@ -80,7 +80,9 @@ class Store:
             raise NotFound(f'{_plural(kind)} "{name}" not found')
         return json.loads(path.read_text())
 
-    def find(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any] | None:
+    def find(
+        self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, Any] | None:
         try:
             return self.get(kind, name, namespace)
         except NotFound:
@@ -155,9 +157,7 @@ class Store:
 
     # -- events -------------------------------------------------------------------------------
 
-    def record_event(
-        self, obj: dict[str, Any], type_: str, reason: str, message: str
-    ) -> None:
+    def record_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         event = {
             "involvedObject": {
                 "kind": obj["kind"],

@@ -32,7 +32,9 @@ def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
         raise NotServable(f"model {name} has no registered artifact yet")
     required = dep.spec.require_stage
     if required != "any" and status.stage != required:
-        raise NotServable(f"model {name} is in stage {status.stage}, the deployment requires {required}")
+        raise NotServable(
+            f"model {name} is in stage {status.stage}, the deployment requires {required}"
+        )
     return model
 
 
@@ -44,8 +46,12 @@ def plan_predictors(dep: Deployment, models: dict[str, Model]) -> list[PlannedPr
         assert model.status is not None and model.status.artifact_uri and model.status.sha256
         plan.append(
             PlannedPredictor(
-                role=role, model=name, artifact_uri=model.status.artifact_uri,
-                sha256=model.status.sha256, task=model.spec.task, weight=weight or 0,
+                role=role,
+                model=name,
+                artifact_uri=model.status.artifact_uri,
+                sha256=model.status.sha256,
+                task=model.spec.task,
+                weight=weight or 0,
                 shadow=weight is None,
             )  # fmt: skip
         )
