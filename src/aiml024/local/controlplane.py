@@ -201,20 +201,7 @@ class LocalControlPlane:
         )
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
-        reason = {
-            "allow": "PolicyAllowed",
-            "deny": "PolicyDenied",
-            "require_approval": "ApprovalRequired",
-        }
-        message = f"stage {model.spec.stage}: {gate.decision}"
-        if gate.violations:
-            message += " (" + "; ".join(gate.violations) + ")"
-        self.store.record_event(
-            model.wire(),
-            "Warning" if gate.decision == "deny" else "Normal",
-            reason[gate.decision],
-            message,
-        )
+        self.store.record_event(model.wire(), *model_rules.gate_event(model, gate))
         return Model.model_validate(self.store.get("Model", name))
 
     def promote(self, name: str, stage: str) -> Model:

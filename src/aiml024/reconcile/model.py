@@ -28,6 +28,14 @@ def status_after_gate(model: Model, gate: GateResult, now: datetime) -> ModelSta
     return status
 
 
+def gate_event(model: Model, gate: GateResult) -> tuple[str, str, str]:
+    """The Kubernetes event (type, reason, message) that reports a policy decision."""
+    message = f"stage {model.spec.stage}: {gate.decision}"
+    if gate.violations:
+        message += " (" + "; ".join(gate.violations) + ")"
+    return ("Warning" if gate.decision == "deny" else "Normal"), _REASON[gate.decision], message
+
+
 def approval_problem(model: Model, user: str, stage: str) -> str | None:
     """Why `user` may not approve `model` for `stage`, or None when they may."""
     owner = model.spec.owner
