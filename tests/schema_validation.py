@@ -44,7 +44,10 @@ _OBJECT_META: Schema = {
         "namespace": {"type": "string", "maxLength": 63},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-        "ownerReferences": {"type": "array", "items": {"type": "object"}},
+        "ownerReferences": {
+            "type": "array",
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
         "finalizers": {"type": "array", "items": {"type": "string"}},
     },
     "additionalProperties": False,

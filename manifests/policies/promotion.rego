@@ -1,0 +1,241 @@
+# The product's promotion gate for Model versions. Input document: see README.md.
+# Query data.aiml024.promotion.result -> {"decision": ..., "violations": [...]}.
+# Thresholds are data (data.aiml024.thresholds, policies/data.json), not code.
+package aiml024.promotion
+
+import rego.v1
+
+model := object.get(input, "model", {})
+
+stage := object.get(input, "stage", null)
+
+approvals := object.get(input, "approvals", [])
+
+thresholds := data.aiml024.thresholds
+
+lineage_fields := ["datasetFingerprint", "specHash", "codeVersion"]
+
+known_stages := {"staging", "production", "archived"}
+
+# --- result ------------------------------------------------------------------------------
+
+result := {"decision": decision, "violations": sort(messages)}
+
+default decision := "deny"
+
+decision := "allow" if {
+	stage == "archived"
+} else := "deny" if {
+	count(violations) > 0
+} else := "allow" if {
+	stage == "staging"
+} else := "allow" if {
+	stage == "production"
+	four_eyes
+} else := "require_approval" if {
+	stage == "production"
+}
+
+messages := violations | waiting
+
+waiting contains msg if {
+	decision == "require_approval"
+	msg := sprintf(
+		"approval_required: promotion to production needs an approval from someone other than the owner %v (approved so far by: %v)",
+		[owner_name, approvers_text],
+	)
+}
+
+violations contains msg if {
+	stage in {"staging", "production"}
+	some msg in integrity_violations
+}
+
+violations contains msg if {
+	stage == "production"
+	some msg in quality_violations
+}
+
+violations contains msg if {
+	not stage in known_stages
+	msg := sprintf("unknown_stage: %v is not a stage; use staging, production or archived", [stage])
+}
+
+violations contains "policy_error: data.aiml024.thresholds is not loaded (policies/data.json)" if {
+	stage == "production"
+	not is_object(data.aiml024.thresholds)
+}
+
+# --- staging and production: the artifact and where it came from --------------------------
+
+integrity_violations contains "artifact_missing: the model has no artifactUri; register the model bundle first" if {
+	not present(model, "artifactUri")
+}
+
+integrity_violations contains "sha256_missing: the model has no sha256 digest, so its artifact cannot be verified" if {
+	not present(model, "sha256")
+}
+
+integrity_violations contains msg if {
+	present(model, "sha256")
+	not regex.match(`^[0-9a-f]{64}$`, model.sha256)
+	msg := sprintf("sha256_invalid: %v is not a sha256 digest (64 lower-case hex characters)", [model.sha256])
+}
+
+integrity_violations contains msg if {
+	missing := [f | some f in lineage_fields; not present(object.get(model, "lineage", {}), f)]
+	count(missing) > 0
+	msg := sprintf(
+		"lineage_missing: lineage.%v not recorded; promotion needs the dataset fingerprint, spec hash and code version",
+		[concat(", lineage.", missing)],
+	)
+}
+
+# --- production only: quality and evidence -------------------------------------------------
+
+quality_violations contains msg if {
+	some metric, minimum in object.get(thresholds.minimum_metrics, model.task, {})
+	not is_number(object.get(metrics, metric, null))
+	msg := sprintf(
+		"metric_missing: %v is required for %v models (minimum %v) but the model reports %v",
+		[metric, model.task, num(minimum), reported(metrics)],
+	)
+}
+
+quality_violations contains msg if {
+	some metric, minimum in object.get(thresholds.minimum_metrics, model.task, {})
+	value := metrics[metric]
+	is_number(value)
+	value < minimum
+	msg := sprintf("metric_below_threshold: %v %v < %v", [metric, num(value), num(minimum)])
+}
+
+quality_violations contains "primary_metric_missing: the model names no primaryMetric, so it cannot be compared with its baseline" if {
+	not present(model, "primaryMetric")
+}
+
+quality_violations contains msg if {
+	present(model, "primaryMetric")
+	not is_number(object.get(metrics, model.primaryMetric, null))
+	msg := sprintf(
+		"primary_metric_missing: primary metric %v is not among the model's metrics (%v)",
+		[model.primaryMetric, reported(metrics)],
+	)
+}
+
+quality_violations contains msg if {
+	present(model, "primaryMetric")
+	not is_number(object.get(baseline, model.primaryMetric, null))
+	msg := sprintf(
+		"baseline_missing: no baseline %v to compare against (baseline reports %v)",
+		[model.primaryMetric, reported(baseline)],
+	)
+}
+
+quality_violations contains msg if {
+	name := model.primaryMetric
+	value := metrics[name]
+	base := baseline[name]
+	is_number(value)
+	is_number(base)
+	not beats(name, value, base)
+	msg := sprintf(
+		"not_better_than_baseline: %v %v does not beat the baseline's %v (%v is better)",
+		[name, num(value), num(base), direction(name)],
+	)
+}
+
+quality_violations contains "model_card_missing: no model card (evidence.modelCardUri is not set)" if {
+	not present(evidence, "modelCardUri")
+}
+
+quality_violations contains msg if {
+	present(evidence, "modelCardUri")
+	not evidence.modelCardComplete == true
+	msg := sprintf("model_card_incomplete: the model card at %v is incomplete; fill in its missing sections", [evidence.modelCardUri])
+}
+
+quality_violations contains msg if {
+	pii := object.get(evidence, "piiColumns", [])
+	count(pii) > 0
+	action := object.get(evidence, "piiAction", null)
+	not action in {a | some a in thresholds.allowed_pii_actions}
+	msg := sprintf(
+		"pii_unhandled: PII columns %v were found and piiAction is %v; set piiAction to one of %v",
+		[concat(", ", sort(pii)), json.marshal(action), concat(", ", thresholds.allowed_pii_actions)],
+	)
+}
+
+quality_violations contains msg if {
+	some name, value in object.get(evidence, "fairness", {})
+	endswith(name, "_disparity")
+	value > thresholds.max_disparity
+	msg := sprintf("fairness_disparity: %v %v > %v", [name, num(value), num(thresholds.max_disparity)])
+}
+
+# --- four eyes -----------------------------------------------------------------------------
+
+owner_name := model.owner if {
+	present(model, "owner")
+} else := "(unknown)"
+
+# An approval counts when it is for production and its user is not the owner (case-insensitive).
+# When the owner is unknown, any named approver counts.
+counting_approvals contains a.user if {
+	some a in approvals
+	a.stage == "production"
+	present(a, "user")
+	not is_owner(a.user)
+}
+
+is_owner(user) if {
+	present(model, "owner")
+	lower(trim_space(user)) == lower(trim_space(model.owner))
+}
+
+four_eyes if count(counting_approvals) > 0
+
+production_approvers := {a.user | some a in approvals; a.stage == "production"}
+
+approvers_text := concat(", ", sort(production_approvers)) if {
+	count(production_approvers) > 0
+} else := "nobody"
+
+# --- helpers -------------------------------------------------------------------------------
+
+metrics := object.get(model, "metrics", {})
+
+baseline := object.get(model, "baselineMetrics", {})
+
+evidence := object.get(model, "evidence", {})
+
+present(obj, key) if {
+	is_string(obj[key])
+	trim_space(obj[key]) != ""
+}
+
+lower_is_better(name) if name in {m | some m in thresholds.lower_is_better}
+
+beats(name, value, base) if {
+	lower_is_better(name)
+	value < base
+}
+
+beats(name, value, base) if {
+	not lower_is_better(name)
+	value > base
+}
+
+direction(name) := "lower" if {
+	lower_is_better(name)
+} else := "higher"
+
+reported(ms) := concat(", ", sort(object.keys(ms))) if {
+	count(ms) > 0
+} else := "none"
+
+# Two decimals when that is exact, else four: 0.61 stays 0.61, 0.699 is not rounded to 0.70.
+num(x) := s if {
+	s := sprintf("%.2f", [x])
+	abs(to_number(s) - x) < 0.00005
+} else := sprintf("%.4f", [x])

@@ -1,0 +1,10 @@
+"""The aiml024 kopf operator: `kopf run -m aiml024.operator` or `python -m aiml024.operator`.
+
+Importing this package registers every handler (aiml024.operator.handlers) with kopf's
+default registry. The decisions live in aiml024.reconcile, aiml024.policy, aiml024.compiler
+and, for what only a cluster needs, aiml024.operator.rules and aiml024.operator.slo.
+"""
+
+from . import handlers
+
+__all__ = ["handlers"]

@@ -1,0 +1,63 @@
+"""The operator's installation settings, read once from the environment at startup."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..compiler import CompileOptions
+from ..policy import default_policy_dir
+
+# The label every child the operator creates carries, and that its watches select on.
+MANAGED = {"app.kubernetes.io/managed-by": "aiml024"}
+APPLIED_BY = "aiml024.io/applied-by"
+APPROVE = "aiml024.io/approve"
+APPROVALS = "aiml024.io/approvals"
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    compile: CompileOptions = field(default_factory=CompileOptions)
+    policy_dir: Path = field(default_factory=default_policy_dir)
+    opa_url: str | None = None  # e.g. http://aiml024-opa.aiml024-system.svc:8181
+    policy_timeout: float = 2.0
+    prometheus_url: str | None = None
+    # Where each predictor's own metrics are when there is no Prometheus (Seldon v1 names the
+    # predictor Service <deployment>-<predictor>; its executor serves /prometheus on 8000).
+    metrics_url: str = "http://{deployment}-{predictor}.{namespace}.svc:8000/prometheus"
+    slo_interval: float = 30.0
+    retry_delay: float = 10.0
+    webhook_port: int = 9443
+    webhook_cert_dir: Path = Path("/certs")
+    webhook_host: str | None = None
+    operator_user: str = "system:serviceaccount:aiml024-system:aiml024-operator"
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        env = os.environ.get
+        defaults = CompileOptions()
+        compile_options = CompileOptions(
+            image=env("AIML024_RUNTIME_IMAGE") or defaults.image,
+            artifact_store=env("AIML024_ARTIFACT_STORE") or defaults.artifact_store,
+            study_storage=env("AIML024_STUDY_STORAGE") or defaults.study_storage,
+        )
+        return cls(
+            compile=compile_options,
+            policy_dir=default_policy_dir(),
+            opa_url=env("AIML024_OPA_URL") or None,
+            policy_timeout=_float("AIML024_POLICY_TIMEOUT", 2.0),
+            prometheus_url=env("AIML024_PROMETHEUS_URL") or None,
+            metrics_url=env("AIML024_METRICS_URL") or cls.metrics_url,
+            slo_interval=_float("AIML024_SLO_INTERVAL", 30.0),
+            retry_delay=_float("AIML024_RETRY_DELAY", 10.0),
+            webhook_port=int(env("AIML024_WEBHOOK_PORT") or 9443),
+            webhook_cert_dir=Path(env("AIML024_WEBHOOK_CERT_DIR") or "/certs"),
+            webhook_host=env("AIML024_WEBHOOK_HOST") or None,
+            operator_user=env("AIML024_OPERATOR_USER") or cls.operator_user,
+        )

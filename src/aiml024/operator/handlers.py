@@ -1,0 +1,181 @@
+"""Every kopf registration of the operator, in one place; the work is in one module per kind.
+
+Handlers are thin: they name what changed and call the kind's reconcile, which reads, decides
+(aiml024.reconcile / policy / compiler), acts and reports. Handlers return nothing, so kopf
+writes nothing of its own into status (the CRD schemas would refuse it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import admission, deployment, experiment, model
+from .config import MANAGED, OperatorConfig
+from .kube import Connection, Kube
+
+GROUP, VERSION = "aiml024.io", "v1alpha1"
+# kopf needs the timer's interval at registration time (import), so it is read here.
+SLO_INTERVAL = float(os.environ.get("AIML024_SLO_INTERVAL") or 30)
+
+
+# --- operator lifecycle ---------------------------------------------------------------------
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    connection = Connection.from_environment()
+    return connection.as_kopf() if connection else kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    # Bookkeeping in annotations, never in status: the CRDs' status schemas are strict.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kopf.aiml024.io"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.aiml024.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "aiml024-operator"
+    settings.watching.server_timeout = 600  # reconnect now and then; resumes by resourceVersion
+    settings.admission.server = _webhook_server(config)
+    settings.admission.managed = None  # the webhook configurations come with manifests/
+    connection = Connection.from_environment()
+    if connection is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
+        if info is None:
+            raise kopf.PermanentError("no Kubernetes credentials: not in a pod, no kubeconfig")
+        connection = Connection.from_kopf(info)
+    memo.config = config
+    memo.kube = Kube(connection)
+
+
+def _webhook_server(config: OperatorConfig) -> kopf.WebhookServer:
+    cert, key = config.webhook_cert_dir / "tls.crt", config.webhook_cert_dir / "tls.key"
+    if cert.exists() and key.exists():  # mounted from the cert-manager Secret
+        return kopf.WebhookServer(
+            port=config.webhook_port,
+            certfile=str(cert),
+            pkeyfile=str(key),
+            host=config.webhook_host,
+        )
+    # No certificate: plain HTTP, for tests and `kopf run` against a local API emulator only.
+    return kopf.WebhookServer(
+        addr="127.0.0.1", port=config.webhook_port, insecure=True, host=config.webhook_host
+    )
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.close()
+
+
+# --- Experiment -----------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "experiments")
+@kopf.on.create(GROUP, VERSION, "experiments")
+@kopf.on.update(GROUP, VERSION, "experiments", field="spec")
+async def experiment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await experiment.reconcile(memo.kube, memo.config, namespace, name, ensure=True)
+
+
+@kopf.on.event("argoproj.io", "v1alpha1", "workflows", labels=MANAGED)
+async def workflow_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    owner = labels.get("aiml024.io/experiment")
+    if owner:
+        await experiment.reconcile(memo.kube, memo.config, namespace, owner, ensure=False)
+
+
+# --- Model ----------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "models")
+@kopf.on.create(GROUP, VERSION, "models")
+@kopf.on.update(GROUP, VERSION, "models")  # spec.stage, and approvals (annotations)
+async def model_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await model.reconcile(memo.kube, memo.config, namespace, name)
+
+
+# --- Deployment -----------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "deployments")
+@kopf.on.create(GROUP, VERSION, "deployments")
+@kopf.on.update(GROUP, VERSION, "deployments", field="spec")
+async def deployment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await deployment.reconcile(memo.kube, memo.config, namespace, name, apply=True)
+
+
+@kopf.on.event("machinelearning.seldon.io", "v1", "seldondeployments", labels=MANAGED)
+async def seldon_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    owner = labels.get("aiml024.io/deployment")
+    if owner:
+        await deployment.reconcile(memo.kube, memo.config, namespace, owner, apply=False)
+
+
+def _canary(spec: kopf.Spec, **_: Any) -> bool:
+    return (spec.get("strategy") or {}).get("type") in ("canary", "ab")
+
+
+@kopf.timer(GROUP, VERSION, "deployments", interval=SLO_INTERVAL, when=_canary)
+async def slo_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await deployment.check_slo(memo.kube, memo.config, namespace, name)
+
+
+# --- admission ------------------------------------------------------------------------------
+# Each handler id is the webhook URL path (manifests/webhooks.yaml names the same paths).
+
+
+@kopf.on.mutate(
+    GROUP, VERSION, "experiments", id="stamp-experiment", operations=["CREATE", "UPDATE"]
+)
+def stamp_experiment(
+    body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], patch: kopf.Patch, **_: Any
+) -> None:
+    admission.stamp_experiment(dict(body), _raw(old), admission._user(userinfo), patch)
+
+
+@kopf.on.mutate(GROUP, VERSION, "models", id="stamp-model", operations=["CREATE", "UPDATE"])
+def stamp_model(
+    body: kopf.Body,
+    old: kopf.Body | None,
+    userinfo: dict[str, Any],
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    admission.stamp_model(memo.config, dict(body), _raw(old), admission._user(userinfo), patch)
+
+
+@kopf.on.validate(
+    GROUP, VERSION, "experiments", id="validate-experiment", operations=["CREATE", "UPDATE"]
+)
+def validate_experiment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    admission.validate_experiment(memo.config, dict(body))
+
+
+@kopf.on.validate(GROUP, VERSION, "models", id="validate-model", operations=["CREATE", "UPDATE"])
+async def validate_model(
+    body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], memo: kopf.Memo, **_: Any
+) -> None:
+    await admission.validate_model(memo.config, dict(body), _raw(old), admission._user(userinfo))
+
+
+@kopf.on.validate(
+    GROUP, VERSION, "deployments", id="validate-deployment", operations=["CREATE", "UPDATE"]
+)
+def validate_deployment(body: kopf.Body, **_: Any) -> None:
+    admission.validate_deployment(dict(body))
+
+
+def _raw(body: kopf.Body | None) -> dict[str, Any] | None:
+    return dict(body) if body is not None else None

@@ -1,0 +1,74 @@
+"""Model: gate the desired stage through the policy, with the approvals the webhook recorded.
+
+The actual stage (status.stage) moves only when the policy allows; the decision, its violated
+rules and the policy bundle digest are recorded (aiml024.reconcile.model.status_after_gate).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import kopf
+from pydantic import ValidationError
+
+from ..api import Model, ModelStatus
+from ..reconcile import model as model_rules
+from . import policy
+from .config import OperatorConfig
+from .kube import MODELS, Conflict, Kube
+from .rules import recorded_approvals, valid_approvals
+
+_REASON = {"allow": "PolicyAllowed", "require_approval": "ApprovalRequired", "deny": "PolicyDenied"}
+
+
+async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
+    for _attempt in range(5):
+        body = await kube.get(MODELS, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            model = Model.model_validate(body)
+        except ValidationError as error:
+            kopf.warn(body, reason="InvalidSpec", message=str(error))
+            return
+        status = model.status or ModelStatus()
+        if model.spec.source.experiment and not status.sha256:
+            return  # registering: the Experiment writes the evidence, then gates
+        approvals, ignored = valid_approvals(model, recorded_approvals(model.metadata.annotations))
+        model.status = status.model_copy(update={"approvals": approvals})
+        gate = await policy.gate(config, model, model.spec.stage, approvals)
+        decided = model_rules.status_after_gate(
+            model, gate, datetime.now(UTC).replace(microsecond=0)
+        )
+        try:
+            written = await kube.replace_status(MODELS, body, decided.wire())
+        except Conflict:
+            continue
+        if written is not None:
+            _report(body, status, decided, ignored)
+        return
+    raise kopf.TemporaryError(f"model {name} kept changing while gating", delay=1)
+
+
+def _report(body: dict, before: ModelStatus, after: ModelStatus, ignored: list[str]) -> None:
+    """One event per new decision (not per re-evaluation of the same one)."""
+    new, old = after.policy, before.policy
+    assert new is not None
+    same = (
+        old is not None
+        and (old.decision, old.violations, old.stage) == (new.decision, new.violations, new.stage)
+        and before.stage == after.stage
+    )
+    if same and before.approvals == after.approvals:
+        return
+    message = f"stage {new.stage}: {new.decision}"
+    if new.violations:
+        message += " (" + "; ".join(new.violations) + ")"
+    if new.decision == "deny":
+        kopf.warn(body, reason=_REASON[new.decision], message=message)
+    else:
+        kopf.info(body, reason=_REASON[new.decision], message=message)
+    if after.stage != before.stage:
+        kopf.info(body, reason="Promoted", message=f"now in stage {after.stage}")
+    for why in ignored:
+        kopf.warn(body, reason="ApprovalIgnored", message=why)

@@ -1,0 +1,13 @@
+"""An in-memory Kubernetes API server for the operator's integration tests and benchmark.
+
+It speaks the real HTTP API (discovery, CRUD, the status subresource, merge / JSON / strategic
+patches, list + watch with resource versions, finalizers, garbage collection, admission
+webhooks) for the resource types the operator touches, and validates what is stored against
+the CRDs in crds/ and the upstream schemas in ../shared/schemas/, refusing with 422 like the
+real API server. See server.py for what it does not do.
+"""
+
+from .client import ApiError, Client
+from .server import Emulator
+
+__all__ = ["ApiError", "Client", "Emulator"]

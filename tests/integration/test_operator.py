@@ -1,0 +1,456 @@
+"""The kopf operator against an emulated Kubernetes API: what a user sees with kubectl.
+
+The real operator (kopf, its admission webhooks over HTTP) runs against tests/integration/
+emulator; each test drives the Workflow and SeldonDeployment status the way Argo and Seldon
+would, in its own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from tests.integration.emulator import ApiError, Client, Emulator
+from tests.integration.emulator.harness import (
+    SHA,
+    OperatorProcess,
+    OperatorThread,
+    free_port,
+    operator_env,
+    wire_webhooks,
+    workflow_status,
+)
+from tests.integration.emulator.server import OPERATOR_USER
+
+REPO = Path(__file__).resolve().parents[2]
+WEBHOOK_PORT = free_port()
+METRICS: dict[str, str] = {}  # "<namespace>/<deployment>/<predictor>" -> exposition text
+# Read by the operator at startup (and the SLO timer's interval at import): set before it runs.
+os.environ.update({"AIML024_SLO_INTERVAL": "0.3", "AIML024_RETRY_DELAY": "0.5"})
+
+
+def _serve_metrics() -> str:
+    """Stand-in for the predictors' /prometheus endpoints (no Prometheus configured)."""
+    port = free_port()
+
+    async def handler(request: web.Request) -> web.Response:
+        text = METRICS.get(request.match_info["key"])
+        return web.Response(text=text) if text else web.Response(status=404)
+
+    def run() -> None:
+        import asyncio
+
+        app = web.Application()
+        app.router.add_get("/{key:.*}", handler)
+        asyncio.run(_run_app(app, port))
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"http://127.0.0.1:{port}/{{namespace}}/{{deployment}}/{{predictor}}"
+
+
+async def _run_app(app: web.Application, port: int) -> None:
+    import asyncio
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        wire_webhooks(emulator, WEBHOOK_PORT)
+        env = operator_env(emulator, WEBHOOK_PORT, AIML024_METRICS_URL=_serve_metrics())
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        yield emulator
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def operator(api: Emulator) -> Iterator[OperatorThread]:
+    running = OperatorThread().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def ns(api: Emulator, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:50]
+    Client(api.url, "admin").create(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    return name
+
+
+def as_user(api: Emulator, user: str, ns: str) -> Client:
+    return Client(api.url, user, ns)
+
+
+def experiment_manifest(name: str = "churn", model: str = "churn-model") -> dict[str, Any]:
+    doc = yaml.safe_load((REPO / "examples" / "churn" / "experiment.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["data"]["uri"] = "s3://data/churn.csv.gz"
+    doc["spec"]["model"]["name"] = model
+    return doc  # type: ignore[no-any-return]
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def reasons(client: Client, name: str, expected: set[str] | None = None) -> set[str]:
+    """The reasons of the Events about `name`, once they include `expected` (kopf posts
+    Events in the background, so they may trail the status by a moment)."""
+    deadline = time.monotonic() + 5
+    while True:
+        seen = {e["reason"] for e in client.events(name)}
+        if expected is None or expected <= seen or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+def train(
+    alice: Client, name: str = "churn", model: str = "churn-model", auc: float = 0.86
+) -> dict[str, Any]:
+    """alice applies an Experiment; Argo runs it to success; the Model gets registered."""
+    alice.create(experiment_manifest(name, model))
+    alice.wait_for("Workflow", f"{name}-g1", lambda w: w is not None, what="to be created")
+    alice.patch(
+        "Workflow",
+        f"{name}-g1",
+        {"status": workflow_status(f"{name}-g1", "Succeeded", name, model=model, auc=auc)},
+    )
+    alice.wait_for(
+        "Experiment",
+        name,
+        lambda e: e["status"]["modelName"] == model,
+        what="to register its model",
+    )
+    return alice.wait_for(
+        "Model", model, lambda m: m["status"]["policy"]["decision"], what="to be gated"
+    )
+
+
+# --- Experiment -------------------------------------------------------------------------------
+
+
+def test_experiment_lifecycle(api: Emulator, operator: OperatorThread, ns: str) -> None:
+    alice = as_user(api, "alice", ns)
+    created = alice.create(experiment_manifest())
+    assert created["metadata"]["annotations"]["aiml024.io/applied-by"] == "alice"
+
+    wf = alice.wait_for("Workflow", "churn-g1", lambda w: w is not None, what="to be created")
+    owner = wf["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Experiment",
+        "churn",
+        created["metadata"]["uid"],
+    )
+    assert wf["metadata"]["labels"]["aiml024.io/experiment"] == "churn"
+
+    # Argo starts it; the search step reports its trials as node progress.
+    alice.patch("Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Running", done=12)})
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["trialsCompleted"] == 12)
+    assert exp["status"]["phase"] == "Running"
+    assert exp["status"]["trialsTotal"] == 40
+    assert exp["status"]["observedGeneration"] == 1
+    assert condition(exp, "Ready")["reason"] == "Training"
+    since = condition(exp, "Ready")["lastTransitionTime"]
+    time.sleep(1.1)  # timestamps have second precision
+    alice.patch("Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Running", done=30)})
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["trialsCompleted"] == 30)
+    assert condition(exp, "Ready")["lastTransitionTime"] == since, "kept while status is unchanged"
+
+    alice.patch("Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Succeeded")})
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["modelName"])
+    assert exp["status"]["phase"] == "Succeeded"
+    assert exp["status"]["bestTrial"]["number"] == 17
+    assert exp["status"]["leaderboard"][0]["name"] == "lightgbm"
+    assert condition(exp, "Ready")["status"] == "True"
+
+    model = alice.wait_for("Model", "churn-model", lambda m: m["status"]["policy"])
+    assert model["spec"]["owner"] == "alice", "the Experiment's author owns the model"
+    assert model["status"]["sha256"] == SHA
+    assert model["status"]["policy"]["decision"] == "allow"
+    assert model["status"]["policy"]["bundleDigest"].startswith("sha256:")
+    assert model["status"]["stage"] == "staging"
+    events = {"WorkflowCreated", "Training", "ModelRegistered"}
+    assert events <= reasons(alice, "churn", events)
+    assert "PolicyAllowed" in reasons(alice, "churn-model", {"PolicyAllowed"})
+
+    # A spec change is a new generation: a new Workflow, the old one's outcome stays recorded.
+    alice.patch("Experiment", "churn", {"spec": {"search": {"trials": 10}}})
+    wf2 = alice.wait_for("Workflow", "churn-g2", lambda w: w is not None, what="to be created")
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["observedGeneration"] == 2)
+    assert exp["status"]["workflowName"] == "churn-g2" and exp["status"]["trialsTotal"] == 10
+    assert wf2["metadata"]["labels"]["aiml024.io/generation"] == "2"
+
+    # Deleting the Experiment garbage-collects its Workflows; the registered Model stays.
+    alice.delete("Experiment", "churn")
+    alice.wait_for("Workflow", "churn-g1", lambda w: w is None, what="to be collected")
+    alice.wait_for("Workflow", "churn-g2", lambda w: w is None, what="to be collected")
+    assert alice.find("Model", "churn-model") is not None
+
+
+def test_failed_workflow_is_reported(api: Emulator, operator: OperatorThread, ns: str) -> None:
+    alice = as_user(api, "alice", ns)
+    alice.create(experiment_manifest())
+    alice.wait_for("Workflow", "churn-g1", lambda w: w is not None)
+    alice.patch(
+        "Workflow",
+        "churn-g1",
+        {"status": workflow_status("churn-g1", "Failed", failed_step="search")},
+    )
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["phase"] == "Failed")
+    assert exp["status"]["message"] == "step search failed: OOMKilled (exit code 137)"
+    assert condition(exp, "Ready")["reason"] == "WorkflowFailed"
+    assert "WorkflowFailed" in reasons(alice, "churn", {"WorkflowFailed"})
+    assert alice.find("Model", "churn-model") is None
+
+
+def test_invalid_experiment_is_refused_by_admission(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice = as_user(api, "alice", ns)
+    doc = experiment_manifest()
+    doc["spec"]["objective"] = "minimize_rmse"  # a regression objective on a classification
+    with pytest.raises(ApiError) as refused:
+        alice.create(doc)
+    assert refused.value.code == 422
+    assert "objective minimize_rmse does not apply to classification" in refused.value.message
+
+
+def test_author_annotation_cannot_be_forged(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    mallory = as_user(api, "mallory", ns)
+    doc = experiment_manifest()
+    doc["metadata"]["annotations"] = {"aiml024.io/applied-by": "alice"}
+    assert mallory.create(doc)["metadata"]["annotations"]["aiml024.io/applied-by"] == "mallory"
+    patched = mallory.annotate("Experiment", "churn", "aiml024.io/applied-by", "alice")
+    assert patched["metadata"]["annotations"]["aiml024.io/applied-by"] == "mallory"
+
+
+# --- Model: policy and approvals ----------------------------------------------------------
+
+
+def test_policy_denied_promotion(api: Emulator, operator: OperatorThread, ns: str) -> None:
+    alice = as_user(api, "alice", ns)
+    model = train(alice, auc=0.61)
+    assert model["status"]["stage"] == "staging", "staging checks integrity only"
+
+    with pytest.raises(ApiError) as refused:
+        alice.patch("Model", "churn-model", {"spec": {"stage": "production"}})
+    assert refused.value.code == 403
+    assert "metric_below_threshold: auc 0.61 < 0.7" in refused.value.message
+    assert alice.get("Model", "churn-model")["spec"]["stage"] == "staging"
+
+
+def test_approval_needs_four_eyes(api: Emulator, operator: OperatorThread, ns: str) -> None:
+    alice, bob = as_user(api, "alice", ns), as_user(api, "bob", ns)
+    train(alice)
+    alice.patch("Model", "churn-model", {"spec": {"stage": "production"}})
+    model = alice.wait_for(
+        "Model", "churn-model", lambda m: m["status"]["phase"] == "PendingApproval"
+    )
+    assert model["status"]["stage"] == "staging"
+    assert model["status"]["policy"]["decision"] == "require_approval"
+
+    with pytest.raises(ApiError) as refused:
+        alice.annotate("Model", "churn-model", "aiml024.io/approve", "production")
+    assert refused.value.code == 403
+    assert "alice authored model churn-model and cannot approve it" in refused.value.message
+
+    with pytest.raises(ApiError) as forged:
+        bob.annotate(
+            "Model",
+            "churn-model",
+            "aiml024.io/approvals",
+            '[{"user": "carol", "stage": "production", "at": "2026-01-01T00:00:00Z"}]',
+        )
+    assert forged.value.code == 403
+
+    approved = bob.annotate("Model", "churn-model", "aiml024.io/approve", "production")
+    assert "aiml024.io/approve" not in approved["metadata"]["annotations"]
+    assert '"user":"bob"' in approved["metadata"]["annotations"]["aiml024.io/approvals"]
+    model = bob.wait_for("Model", "churn-model", lambda m: m["status"]["stage"] == "production")
+    assert [a["user"] for a in model["status"]["approvals"]] == ["bob"]
+    assert model["status"]["policy"]["decision"] == "allow"
+    assert "Promoted" in reasons(bob, "churn-model", {"Promoted"})
+
+
+# --- Deployment: canary and SLO rollback ------------------------------------------------------
+
+
+def _register_directly(api: Emulator, ns: str, name: str, sha: str) -> None:
+    """A registered Model as the operator leaves it (created by the operator's account)."""
+    registry = as_user(api, OPERATOR_USER, ns)
+    registry.create(
+        {
+            "apiVersion": "aiml024.io/v1alpha1",
+            "kind": "Model",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"artifactUri": f"s3://models/{name}", "sha256": sha},
+                "task": "classification",
+                "owner": "alice",
+            },
+        }
+    )
+    registry.patch(
+        "Model",
+        name,
+        {"status": {"artifactUri": f"s3://models/{name}", "sha256": sha}},
+        sub="status",
+    )
+
+
+def _exposition(p95_seconds: float, errors: int = 0) -> str:
+    metric = "seldon_api_executor_server_requests_seconds"
+    lines = [
+        f'{metric}_bucket{{le="{le}"}} {n}'
+        for le, n in ((0.05, 0), (0.1, 10 if p95_seconds > 0.1 else 100), (0.5, 100), ("+Inf", 100))
+    ]
+    lines += [
+        f'{metric}_count{{code="200"}} {100 - errors}',
+        f'{metric}_count{{code="500"}} {errors}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_canary_rolls_back_on_slo_breach(api: Emulator, operator: OperatorThread, ns: str) -> None:
+    alice = as_user(api, "alice", ns)
+    _register_directly(api, ns, "churn-v1", "a" * 64)
+    _register_directly(api, ns, "churn-v2", "b" * 64)
+    alice.create(
+        {
+            "apiVersion": "aiml024.io/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": "churn"},
+            "spec": {
+                "model": "churn-v1",
+                "strategy": {"type": "canary", "canary": {"model": "churn-v2", "weight": 20}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 4},
+                "slo": {"latencyP95Ms": 150, "errorRate": 0.01},
+            },
+        }
+    )
+    sdep = alice.wait_for("SeldonDeployment", "churn", lambda s: s is not None)
+    assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == [
+        ("stable", 80),
+        ("canary", 20),
+    ]
+    assert sdep["spec"]["predictors"][0]["componentSpecs"][0]["hpaSpec"]["maxReplicas"] == 4
+    alice.wait_for("ServiceMonitor", "churn", lambda o: o is not None)
+    rule = alice.wait_for("PrometheusRule", "churn-slo", lambda o: o is not None)
+    assert rule["metadata"]["ownerReferences"][0]["name"] == "churn"
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["phase"] == "Pending")
+
+    # Seldon brings it up; both predictors are healthy at first.
+    METRICS[f"{ns}/churn/stable"] = METRICS[f"{ns}/churn/canary"] = _exposition(0.05)
+    alice.patch(
+        "SeldonDeployment",
+        "churn",
+        {
+            "status": {
+                "state": "Available",
+                "address": {"url": f"http://churn-default.{ns}.svc:8000/api/v1.0/predictions"},
+            }
+        },
+        sub="status",
+    )
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["phase"] == "Serving")
+    assert dep["status"]["traffic"] == {"stable": 80, "canary": 20}
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["sloState"] == "Met")
+
+    # The canary slows down past the SLO: traffic goes back to stable.
+    METRICS[f"{ns}/churn/canary"] = _exposition(0.4)
+    sdep = alice.wait_for(
+        "SeldonDeployment",
+        "churn",
+        lambda s: s["spec"]["predictors"][1]["traffic"] == 0,
+        what="rollback",
+    )
+    assert sdep["spec"]["predictors"][0]["traffic"] == 100
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["traffic"]["canary"] == 0)
+    assert dep["status"]["sloState"] == "Breached"
+    assert "canary p95 latency" in dep["status"]["lastRollback"]["reason"]
+    assert condition(dep, "RolledBack")["status"] == "True"
+    assert "RolledBack" in reasons(alice, "churn", {"RolledBack"})
+
+    # Deleting the Deployment collects what it compiled to.
+    alice.delete("Deployment", "churn")
+    for kind, name in (
+        ("SeldonDeployment", "churn"),
+        ("ServiceMonitor", "churn"),
+        ("PrometheusRule", "churn-slo"),
+    ):
+        alice.wait_for(kind, name, lambda o: o is None, what="to be collected")
+
+
+# --- restarts -------------------------------------------------------------------------------
+
+
+def test_operator_killed_mid_run_recovers(api: Emulator, ns: str, tmp_path: Path) -> None:
+    alice = as_user(api, "alice", ns)
+    env = dict(os.environ)
+    process = OperatorProcess(
+        {k: v for k, v in env.items() if k.startswith("AIML024_")}, tmp_path / "operator.log"
+    ).start()
+    try:
+        alice.create(experiment_manifest())
+        alice.wait_for("Workflow", "churn-g1", lambda w: w is not None, timeout=30)
+        alice.patch(
+            "Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Running", done=5)}
+        )
+        alice.wait_for("Experiment", "churn", lambda e: e["status"]["trialsCompleted"] == 5)
+    finally:
+        process.kill()  # SIGKILL: no cleanup, no goodbye
+
+    # While it is down, Argo finishes the run.
+    alice.patch("Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Succeeded")})
+    restarted = OperatorThread().start()
+    try:
+        exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["modelName"])
+        assert exp["status"]["phase"] == "Succeeded"
+        assert [w["metadata"]["name"] for w in alice.list("Workflow")] == ["churn-g1"]
+        model = alice.wait_for("Model", "churn-model", lambda m: m["status"]["policy"])
+        assert model["status"]["stage"] == "staging"
+    finally:
+        restarted.stop()
+
+
+# --- least privilege ------------------------------------------------------------------------
+
+
+def test_operator_needs_nothing_beyond_its_cluster_role(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """Every request the operator made (in this module's scenarios) is allowed by the
+    ClusterRole in manifests/rbac.yaml."""
+    train(as_user(api, "alice", ns))
+    rbac = yaml.safe_load_all((REPO / "manifests" / "rbac.yaml").read_text())
+    role = next(d for d in rbac if d["kind"] == "ClusterRole")
+
+    def allowed(verb: str, group: str, resource: str) -> bool:
+        return any(
+            group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+            for r in role["rules"]
+        )
+
+    used = {(verb, group, res) for user, verb, group, res in api.audit if user == OPERATOR_USER}
+    assert ("create", "argoproj.io", "workflows") in used
+    assert sorted(u for u in used if not allowed(*u)) == []
