@@ -196,3 +196,24 @@ def test_deployment_status_records_endpoint_and_split() -> None:
     assert status.traffic == {"stable": 100}
     waiting = deployment_rules.deployment_status(dep, None, None, T0, "model churn-model not found")
     assert waiting.phase == "Pending" and waiting.condition("Ready").reason == "WaitingForModel"  # type: ignore[union-attr]
+
+
+def test_a_model_registered_by_hand_is_gated_on_its_source_artifact() -> None:
+    by_hand = Model.model_validate({
+        "metadata": {"name": "imported"},
+        "spec": {"source": {"artifactUri": "s3://models/imported", "sha256": "c" * 64},
+                 "task": "regression"},
+    })  # fmt: skip
+    filled = model_rules.with_source_artifact(by_hand)
+    assert filled.status is not None
+    assert (filled.status.artifact_uri, filled.status.sha256) == ("s3://models/imported", "c" * 64)
+    trained = model()
+    assert model_rules.with_source_artifact(trained) is trained
+
+
+def test_gate_event_reports_denials_as_warnings_with_the_rules() -> None:
+    status = model_rules.status_after_gate(model(), gate("deny", ["sha256_missing"]), T0)
+    assert status.policy is not None
+    assert model_rules.gate_event(status.policy) == (
+        "Warning", "PolicyDenied", "stage production: deny (sha256_missing)",
+    )  # fmt: skip

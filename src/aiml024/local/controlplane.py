@@ -195,13 +195,14 @@ class LocalControlPlane:
     # -- models ---------------------------------------------------------------------------------
 
     def reconcile_model(self, name: str) -> Model:
-        model = Model.model_validate(self.store.get("Model", name))
+        model = model_rules.with_source_artifact(Model.model_validate(self.store.get("Model", name)))
         gate = evaluate(
             model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals
         )
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
-        self.store.record_event(model.wire(), *model_rules.gate_event(model, gate))
+        assert status.policy is not None
+        self.store.record_event(model.wire(), *model_rules.gate_event(status.policy))
         return Model.model_validate(self.store.get("Model", name))
 
     def promote(self, name: str, stage: str) -> Model:

@@ -18,8 +18,6 @@ from .config import OperatorConfig
 from .kube import MODELS, Conflict, Kube
 from .rules import recorded_approvals, valid_approvals
 
-_REASON = {"allow": "PolicyAllowed", "require_approval": "ApprovalRequired", "deny": "PolicyDenied"}
-
 
 async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
     for _attempt in range(5):
@@ -27,7 +25,7 @@ async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: st
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         try:
-            model = Model.model_validate(body)
+            model = model_rules.with_source_artifact(Model.model_validate(body))
         except ValidationError as error:
             kopf.warn(body, reason="InvalidSpec", message=str(error))
             return
@@ -61,13 +59,8 @@ def _report(body: dict, before: ModelStatus, after: ModelStatus, ignored: list[s
     )
     if same and before.approvals == after.approvals:
         return
-    message = f"stage {new.stage}: {new.decision}"
-    if new.violations:
-        message += " (" + "; ".join(new.violations) + ")"
-    if new.decision == "deny":
-        kopf.warn(body, reason=_REASON[new.decision], message=message)
-    else:
-        kopf.info(body, reason=_REASON[new.decision], message=message)
+    kind, reason, message = model_rules.gate_event(new)
+    kopf.event(body, type=kind, reason=reason, message=message)
     if after.stage != before.stage:
         kopf.info(body, reason="Promoted", message=f"now in stage {after.stage}")
     for why in ignored:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..api import Model, ModelStatus, set_condition
+from ..api.model import PolicyDecision
 from ..policy import GateResult, promotion_decision
 
 _REASON = {"allow": "PolicyAllowed", "require_approval": "ApprovalRequired", "deny": "PolicyDenied"}
@@ -28,12 +29,26 @@ def status_after_gate(model: Model, gate: GateResult, now: datetime) -> ModelSta
     return status
 
 
-def gate_event(model: Model, gate: GateResult) -> tuple[str, str, str]:
+def gate_event(decision: PolicyDecision) -> tuple[str, str, str]:
     """The Kubernetes event (type, reason, message) that reports a policy decision."""
-    message = f"stage {model.spec.stage}: {gate.decision}"
-    if gate.violations:
-        message += " (" + "; ".join(gate.violations) + ")"
-    return ("Warning" if gate.decision == "deny" else "Normal"), _REASON[gate.decision], message
+    message = f"stage {decision.stage}: {decision.decision}"
+    if decision.violations:
+        message += " (" + "; ".join(decision.violations) + ")"
+    kind = "Warning" if decision.decision == "deny" else "Normal"
+    return kind, _REASON[decision.decision], message
+
+
+def with_source_artifact(model: Model) -> Model:
+    """A Model registered by hand (spec.source.artifactUri + sha256) carries them in status.
+
+    Models from an Experiment get their evidence from the register step instead.
+    """
+    source = model.spec.source
+    status = model.status or ModelStatus()
+    if source.experiment is not None or status.artifact_uri or not source.artifact_uri:
+        return model
+    filled = status.model_copy(update={"artifact_uri": source.artifact_uri, "sha256": source.sha256})
+    return model.model_copy(update={"status": filled})
 
 
 def approval_problem(model: Model, user: str, stage: str) -> str | None:

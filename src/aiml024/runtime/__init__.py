@@ -24,6 +24,20 @@ def emit_event(event: dict[str, Any]) -> None:
     stream = _event_stream or sys.stdout
     stream.write(json.dumps(event, separators=(",", ":")) + "\n")
     stream.flush()
+    if event.get("event") == "trial" and event.get("total"):
+        report_progress(int(event.get("number", 0)) + 1, int(event["total"]))
+
+
+def report_progress(done: int, total: int) -> None:
+    """Argo's self-reported progress: "N/M" in $ARGO_PROGRESS_FILE becomes the node's progress."""
+    path = os.environ.get("ARGO_PROGRESS_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as handle:
+            handle.write(f"{min(done, total)}/{total}\n")
+    except OSError:  # progress is best effort; the step's result is what counts
+        pass
 
 
 def available_cpus() -> int:
