@@ -3,7 +3,7 @@
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/aiml024/operator:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY docker/constraints.txt constraints.txt
+COPY constraints.txt constraints.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[operator]"

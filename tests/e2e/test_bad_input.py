@@ -135,3 +135,16 @@ def test_a_second_apply_while_one_runs_is_refused(
     assert "aiml024 apply, pid" in second.err
     assert results["first"].code == 0, results["first"].err
     assert_state_parses(home)
+
+
+def test_unreachable_object_store_names_the_uri(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An S3 endpoint on a closed loopback port: unreachable, and no traffic leaves the machine.
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_MAX_ATTEMPTS": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    spec = write_experiment(tmp_path / "specs", "s3://aiml024-data/churn.csv", name="remote")
+    result = cli("apply", "-f", str(spec))
+    assert result.code == 1
+    assert "cannot read data.uri s3://aiml024-data/churn.csv: Could not connect" in result.err
