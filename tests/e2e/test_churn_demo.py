@@ -146,6 +146,10 @@ def test_delete_stops_the_model_server(demo) -> None:
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{info['url']}/v2/health/live", timeout=2)
     assert cli("get", "deployments").out.strip() == "No deployments found."
+    # The Experiment's Workflows and step directories go with it; the Model version stays.
+    assert not list((home / "objects" / "workflows").rglob("*.json"))
+    assert not (home / "runs" / "churn-g1").exists()
+    assert cli("get", "model", "churn-model").code == 0
 
 
 def test_compile_prints_the_cluster_manifests(tmp_path: Path) -> None:

@@ -299,6 +299,14 @@ class LocalControlPlane:
                         model_server.ServerInfo.model_validate_json(server_file.read_text())
                     )
                     server_file.unlink()
+            if kind == "Experiment":
+                # As garbage collection does for owned Workflows; Models outlive their Experiment.
+                for workflow in self.store.list("Workflow"):
+                    labels = workflow["metadata"].get("labels", {})
+                    if labels.get("aiml024.io/experiment") == name:
+                        wf_name = workflow["metadata"]["name"]
+                        self.store.delete("Workflow", wf_name)
+                        shutil.rmtree(self.home / "runs" / wf_name, ignore_errors=True)
             return self.store.delete(kind, name)
 
     def _set_status(self, obj: Experiment | Model | Deployment, status: dict[str, Any]) -> None:
