@@ -77,13 +77,23 @@ class Bundle:
             known.add(self.meta.id_column)
         return known
 
+    def predict_proba(self, rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+        """Class probabilities, one column per class (classification bundles only)."""
+        if self.meta.task != "classification":
+            raise ValueError("predict_proba needs a classification bundle")
+        X = self.frame(rows)
+        return pd.DataFrame(self._proba(X), columns=list(self.meta.classes), index=X.index)
+
+    def _proba(self, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(X), dtype=float)
+
     def predict(self, rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
         """Return a frame with `label` and `score` (positive-class probability, or the value)."""
         X = self.frame(rows)
         if self.meta.task == "regression":
             values = np.asarray(self.pipeline.predict(X), dtype=float)
             return pd.DataFrame({"label": values, "score": values}, index=X.index)
-        proba = np.asarray(self.pipeline.predict_proba(X), dtype=float)
+        proba = self._proba(X)
         classes = list(self.meta.classes)
         if len(classes) == 2:
             score = proba[:, 1]
