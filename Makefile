@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-down test lint golden crds clean
+.PHONY: setup demo demo-down test lint postgres golden crds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy src/aiml024/api src/aiml024/compiler
 
-test: lint
+# The distributed-search test starts a real PostgreSQL server (Debian's package).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq postgresql)
+
+test: lint postgres
 	$(BIN)/pytest -q
 
 # Regenerate checked-in outputs; only on purpose, never in CI.

@@ -255,3 +255,70 @@ class TestRefusals:
     def test_options_that_would_break_the_params_json_are_refused(self, value: str) -> None:
         with pytest.raises(CompileError, match="options.artifact_store"):
             CompileOptions(artifact_store=value)
+
+
+class TestDistributedSearch:
+    def test_parallelism_fans_out_workers_then_merges_into_the_search_task(self) -> None:
+        wf = compile_experiment(experiment({"search": {"parallelism": 3}}))
+        tasks, by_name = dag_tasks(wf), templates(wf)
+        assert list(tasks) == ["ingest", "validate", "search-workers", "search", "evaluate",
+                               "register"]  # fmt: skip
+        workers = tasks["search-workers"]
+        assert workers["template"] == "search-worker"
+        assert workers["withSequence"] == {"count": "3"}
+        assert workers["dependencies"] == ["validate"]
+        assert {"name": "worker", "value": "{{item}}"} in workers["arguments"]["parameters"]
+        assert tasks["search"]["dependencies"] == ["search-workers"]
+        assert tasks["evaluate"]["dependencies"] == ["search"]
+        # Workers write no artifact; the merge produces the search artifact evaluate reads.
+        assert "artifacts" not in by_name["search-worker"]["outputs"]
+        assert by_name["search"]["outputs"]["artifacts"] == [
+            {"name": "search", "path": "/aiml024/outputs/search"}
+        ]
+
+    def test_worker_and_merge_params_after_substitution(self) -> None:
+        exp = experiment({"search": {"parallelism": 2}})
+        wf = compile_experiment(exp, CompileOptions(study_storage="postgresql://optuna@db/s"))
+        by_name = templates(wf)
+        values = {
+            f"workflow.parameters.{p['name']}": p["value"]
+            for p in wf["spec"]["arguments"]["parameters"]
+        }
+        values |= {
+            "workflow.name": "churn-g1",
+            "inputs.parameters.ingest": "{}",
+            "inputs.parameters.validate": "{}",
+            "inputs.parameters.worker": "1",
+        }
+        worker = json.loads(substitute(by_name["search-worker"]["container"]["args"][1], values))
+        merge = json.loads(substitute(by_name["search"]["container"]["args"][1], values))
+        assert worker["worker"] == 1 and "merge" not in worker
+        assert merge["merge"] is True and "worker" not in merge
+        assert worker["studyStorage"] == merge["studyStorage"] == "postgresql://optuna@db/s"
+        assert worker["workflow"] == merge["workflow"] == "churn-g1"
+
+    def test_gpu_and_scheduling_go_to_the_workers_not_the_merge(self) -> None:
+        exp = experiment(
+            {"search": {"parallelism": 2}, "resources": {"gpu": 1, "nodeSelector": {"p": "gpu"}}}
+        )
+        by_name = templates(compile_experiment(exp))
+        assert by_name["search-worker"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert by_name["search-worker"]["nodeSelector"] == {"p": "gpu"}
+        assert "nvidia.com/gpu" not in by_name["search"]["container"]["resources"]["limits"]
+        assert "nodeSelector" not in by_name["search"]
+
+    def test_parallelism_one_keeps_the_plain_dag(self) -> None:
+        tasks = dag_tasks(compile_experiment(experiment({"search": {"parallelism": 1}})))
+        assert list(tasks) == list(STEPS)
+
+    def test_validates_against_the_upstream_argo_crd_and_the_local_executor_accepts_it(
+        self, schemas_dir: Any
+    ) -> None:
+        from tests.schema_validation import validate_upstream
+
+        from aiml024.local.executor import check_supported, sequence
+
+        wf = compile_experiment(experiment({"search": {"parallelism": 4}}))
+        assert validate_upstream(wf, schemas_dir) == []
+        check_supported(wf)
+        assert sequence(dag_tasks(wf)["search-workers"]) == ["0", "1", "2", "3"]

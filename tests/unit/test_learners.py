@@ -91,3 +91,23 @@ def test_ensemble_estimator_speaks_the_original_labels_and_pickles() -> None:
     assert proba.shape == (len(X), 2)
     assert set(restored.predict(X)) <= {"no", "yes"}
     assert (restored.predict(X) == labels).mean() > 0.8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_are_searched_as_extra_dimensions_and_applied_by_train(name: str) -> None:
+    from aiml024.runtime.learners import infer, train
+
+    learner = get_learner(name)
+    extra = learner.extra_space("classification", imbalanced=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = learner.search_space(study.ask(), extra)
+    assert set(params) == set(learner.space) | set(extra)
+    X, y = xy("classification")
+    fitted, _ = train(learner, {**learner.defaults[0], **params}, 0, "classification", X, y,
+                      n_classes=2, n_estimators=20)  # fmt: skip
+    assert infer(learner, fitted, X).shape == (len(X), 2)
+    X, y = xy("regression")
+    y = np.exp(y)
+    fitted, _ = train(learner, {**learner.defaults[0], "target_transform": "log1p"}, 0,
+                      "regression", X, y, n_estimators=20)  # fmt: skip
+    assert fitted.log_target and np.corrcoef(infer(learner, fitted, X), y)[0, 1] > 0.5

@@ -162,3 +162,79 @@ def test_python_command_runs_with_this_interpreter(tmp_path: Path) -> None:
     run = LocalExecutor(tmp_path).run(wf)
     assert run.phase == "Succeeded"
     assert sys.executable in run.nodes["write"].outputs["result"]
+
+
+ITEM = (
+    "import json,sys,time,pathlib; out=pathlib.Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True);"
+    "start=time.time(); time.sleep(1.0);"
+    "(out/'result.json').write_text(json.dumps({'item': sys.argv[1], 'start': start, 'end': time.time()}));"
+    "print(json.dumps({'event': 'trial', 'number': int(sys.argv[1])}))"
+)
+
+
+def fan_out(count: object = 3) -> dict:
+    wf = workflow()
+    wf["spec"]["templates"][0]["dag"]["tasks"] = [
+        {"name": "write", "template": "write"},
+        {"name": "workers", "template": "item", "dependencies": ["write"], "withSequence": {"count": count},
+         "arguments": {"parameters": [{"name": "worker", "value": "{{item}}"}]}},
+        {"name": "read", "template": "read", "dependencies": ["workers"],
+         "arguments": {"parameters": [{"name": "upstream", "value": "{{tasks.write.outputs.parameters.result}}"}],
+                       "artifacts": [{"name": "data", "from": "{{tasks.write.outputs.artifacts.data}}"}]}},
+    ]  # fmt: skip
+    wf["spec"]["templates"].append(
+        {"name": "item", "inputs": {"parameters": [{"name": "worker"}]},
+         "container": {"image": "python:3.11", "command": ["python", "-c", ITEM],
+                       "args": ["{{inputs.parameters.worker}}", "/aiml024/outputs"]},
+         "outputs": {"parameters": [{"name": "result", "valueFrom": {"path": "/aiml024/outputs/result.json"}}]}}
+    )  # fmt: skip
+    return wf
+
+
+def test_with_sequence_runs_every_item_at_once_then_the_next_task(tmp_path: Path) -> None:
+    import json
+
+    events: list = []
+    run = LocalExecutor(tmp_path).run(fan_out("3"), listener=lambda t, e: events.append((t, e)))
+    assert run.phase == "Succeeded", run.message
+    items = [f"workers({i}:{i})" for i in range(3)]
+    assert all(run.nodes[name].phase == "Succeeded" for name in items)
+    assert run.status()["nodes"]["workers"]["type"] == "TaskGroup"
+    results = [json.loads(run.nodes[name].outputs["result"]) for name in items]
+    assert [r["item"] for r in results] == ["0", "1", "2"]
+    # In parallel: every item started before any other finished.
+    assert max(r["start"] for r in results) < min(r["end"] for r in results)
+    assert sorted(e["number"] for task, e in events if task.startswith("workers")) == [0, 1, 2]
+    assert run.nodes["read"].phase == "Succeeded"
+    assert (tmp_path / "workers" / "2" / "outputs" / "result.json").exists()
+
+
+def test_a_failed_item_fails_the_task_group_and_omits_the_rest(tmp_path: Path) -> None:
+    wf = fan_out(2)
+    wf["spec"]["templates"][-1]["container"]["command"] = [
+        "python", "-c", "import sys; print('error: worker broke', file=sys.stderr); sys.exit(2)",
+    ]  # fmt: skip
+    run = LocalExecutor(tmp_path).run(wf)
+    assert run.phase == "Failed" and "worker broke" in (run.message or "")
+    assert run.nodes["read"].phase == "Omitted"
+
+
+def test_outputs_of_a_looped_task_are_not_aggregated(tmp_path: Path) -> None:
+    wf = fan_out(2)
+    wf["spec"]["templates"][0]["dag"]["tasks"][2]["arguments"]["parameters"][0]["value"] = (
+        "{{tasks.workers.outputs.parameters.result}}"
+    )
+    with pytest.raises(ExecutorError, match="unresolved expression"):
+        LocalExecutor(tmp_path).run(wf)
+
+
+@pytest.mark.parametrize(
+    ("sequence", "message"),
+    [({"count": 2, "format": "%02d"}, "format"), ({"count": "x"}, "integers"),
+     ({"count": 2, "end": 3}, "exclusive")],
+)  # fmt: skip
+def test_with_sequence_refuses_what_it_cannot_expand(sequence: dict, message: str) -> None:
+    wf = fan_out()
+    wf["spec"]["templates"][0]["dag"]["tasks"][1]["withSequence"] = sequence
+    with pytest.raises(ExecutorError, match=message):
+        check_supported(wf)

@@ -5,7 +5,7 @@ The local executor runs this document as is, so the compiler emits only this Arg
 - Workflow: `apiVersion`, `kind`, `metadata.{name, namespace, labels}`, and
   `spec.{entrypoint, serviceAccountName, arguments.parameters[].{name, value}, podMetadata.labels,
   podGC.strategy, ttlStrategy.{secondsAfterSuccess, secondsAfterFailure}, templates}`.
-- DAG template: `name`, `dag.tasks[].{name, template, dependencies,
+- DAG template: `name`, `dag.tasks[].{name, template, dependencies, withSequence.count,
   arguments.parameters[].{name, value}, arguments.artifacts[].{name, from}}`.
 - Container templates: `name`, `inputs.parameters[].name`, `inputs.artifacts[].{name, path}`,
   `outputs.parameters[].{name, valueFrom.path}`, `outputs.artifacts[].{name, path}`,
@@ -13,8 +13,18 @@ The local executor runs this document as is, so the compiler emits only this Arg
   `activeDeadlineSeconds` (search), `retryStrategy.{limit, retryPolicy}` (ingest),
   `nodeSelector` and `tolerations` (search, only when the spec asks).
 - Expressions: `{{workflow.name}}`, `{{workflow.parameters.<name>}}`,
-  `{{inputs.parameters.<name>}}`, `{{tasks.<task>.outputs.parameters.result}}` and
-  `{{tasks.<task>.outputs.artifacts.<name>}}`.
+  `{{inputs.parameters.<name>}}`, `{{tasks.<task>.outputs.parameters.result}}`,
+  `{{tasks.<task>.outputs.artifacts.<name>}}` and `{{item}}` (in a withSequence task's
+  arguments).
+
+Distributed search (spec.search.parallelism = N > 1): the DAG runs
+`validate -> search-workers -> search -> evaluate`. `search-workers` fans out N pods of the
+`search-worker` template (`withSequence: {count: N}`, the worker index as the input parameter
+`worker`); they share one Optuna study (the `study-storage` parameter, PostgreSQL in a cluster)
+and put each trial's out-of-fold predictions under the artifact store. The `search` task then
+merges every worker's trials into the leaderboard and ensemble (`"merge": true` in its params)
+and produces the same `search` artifact and result as the single search step, so evaluate and
+everything that reads the `search` node are unchanged. With N = 1 the DAG is the plain one.
 
 Earlier steps' results reach a container as input parameters named after the step, because
 Argo resolves `{{tasks.*}}` only in a DAG task's arguments, never inside a template.
@@ -33,6 +43,8 @@ STEPS = ("ingest", "validate", "search", "evaluate", "register")
 INPUTS_DIR = "/aiml024/inputs"
 OUTPUTS_DIR = "/aiml024/outputs"
 RESULT = "result"
+WORKERS_TASK = "search-workers"
+WORKER_TEMPLATE = "search-worker"
 
 # step -> (input artifacts, output artifacts); each input is the output of the same name.
 ARTIFACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -68,7 +80,7 @@ def workflow_name(exp: Experiment) -> str:
     return child_name(exp.metadata.name, f"-g{exp.metadata.generation or 1}")
 
 
-def _params_json(step: str) -> str:
+def _params_json(step: str, extra: dict[str, str] | None = None) -> str:
     """The --params argument: JSON once Argo has substituted every expression in it.
 
     String parameters sit inside quotes; `spec` and the earlier results are JSON objects, so
@@ -79,6 +91,7 @@ def _params_json(step: str) -> str:
     fields["workflow"] = '"{{workflow.name}}"'
     for earlier in STEPS[: STEPS.index(step)]:
         fields[earlier] = f"{{{{inputs.parameters.{earlier}}}}}"
+    fields |= extra or {}
     return "{" + ",".join(f'"{key}":{fields[key]}' for key in sorted(fields)) + "}"
 
 
@@ -90,8 +103,15 @@ def _resources(resources: Resources, gpu: bool) -> dict[str, Any]:
     return {"requests": {"cpu": resources.cpu, "memory": resources.memory}, "limits": limits}
 
 
-def _step_template(step: str, exp: Experiment, options: CompileOptions) -> dict[str, Any]:
+def _step_template(
+    step: str, exp: Experiment, options: CompileOptions, role: str = ""
+) -> dict[str, Any]:
+    """A step's container template; `role` is "worker" or "merge" for distributed search."""
     inputs, outputs = ARTIFACTS[step]
+    if role == "worker":
+        outputs = ()  # out-of-fold predictions go to the shared search directory instead
+    extra = {"worker": "{{inputs.parameters.worker}}"} if role == "worker" else {}
+    extra |= {"merge": "true"} if role == "merge" else {}
     resources = exp.spec.resources
     container: dict[str, Any] = {"image": options.image}
     if options.image_pull_policy:
@@ -100,16 +120,16 @@ def _step_template(step: str, exp: Experiment, options: CompileOptions) -> dict[
         "command": ["python", "-m", "aiml024.runtime", step],
         "args": [
             "--params",
-            _params_json(step),
+            _params_json(step, extra),
             "--inputs",
             INPUTS_DIR,
             "--outputs",
             OUTPUTS_DIR,
         ],
-        "resources": _resources(resources, gpu=step == "search"),
+        "resources": _resources(resources, gpu=step == "search" and role != "merge"),
     }
-    template: dict[str, Any] = {"name": step}
-    earlier = STEPS[: STEPS.index(step)]
+    template: dict[str, Any] = {"name": WORKER_TEMPLATE if role == "worker" else step}
+    earlier = [*STEPS[: STEPS.index(step)], *(["worker"] if role == "worker" else [])]
     if earlier or inputs:
         template["inputs"] = {}
         if earlier:
@@ -132,6 +152,8 @@ def _step_template(step: str, exp: Experiment, options: CompileOptions) -> dict[
     if step == "search":
         budget = exp.spec.search.time_budget_seconds
         template["activeDeadlineSeconds"] = DEADLINE_FACTOR * budget + DEADLINE_MARGIN_SECONDS
+        if role == "merge":
+            return template
         if resources.node_selector:
             template["nodeSelector"] = dict(sorted(resources.node_selector.items()))
         if resources.tolerations:
@@ -139,17 +161,25 @@ def _step_template(step: str, exp: Experiment, options: CompileOptions) -> dict[
     return template
 
 
-def _dag_task(step: str) -> dict[str, Any]:
-    task: dict[str, Any] = {"name": step, "template": step}
+def _dag_task(step: str, workers: int = 1, role: str = "") -> dict[str, Any]:
+    """The DAG task of a step; for distributed search (`workers` > 1) `role` "worker" is the
+    fanned-out task and the `search` task (the merge) waits for it."""
+    name = WORKERS_TASK if role == "worker" else step
+    task: dict[str, Any] = {"name": name, "template": WORKER_TEMPLATE if role == "worker" else step}
     index = STEPS.index(step)
     if index:
-        task["dependencies"] = [STEPS[index - 1]]
+        before = STEPS[index - 1]
+        task["dependencies"] = [WORKERS_TASK if role == "merge" else before]
+    if role == "worker":
+        task["withSequence"] = {"count": str(workers)}
     arguments: dict[str, Any] = {}
     if index:
         arguments["parameters"] = [
             {"name": earlier, "value": f"{{{{tasks.{earlier}.outputs.parameters.{RESULT}}}}}"}
             for earlier in STEPS[:index]
         ]
+        if role == "worker":
+            arguments["parameters"].append({"name": "worker", "value": "{{item}}"})
     if ARTIFACTS[step][0]:
         arguments["artifacts"] = [
             {"name": name, "from": f"{{{{tasks.{_producer(name)}.outputs.artifacts.{name}}}}}"}
@@ -158,6 +188,26 @@ def _dag_task(step: str) -> dict[str, Any]:
     if arguments:
         task["arguments"] = arguments
     return task
+
+
+def _templates(exp: Experiment, options: CompileOptions) -> list[dict[str, Any]]:
+    workers = exp.spec.search.parallelism
+    if workers <= 1:
+        tasks = [_dag_task(step) for step in STEPS]
+        steps = [_step_template(step, exp, options) for step in STEPS]
+    else:
+        tasks, steps = [], []
+        for step in STEPS:
+            if step == "search":
+                tasks += [_dag_task(step, workers, "worker"), _dag_task(step, workers, "merge")]
+                steps += [
+                    _step_template(step, exp, options, "worker"),
+                    _step_template(step, exp, options, "merge"),
+                ]
+            else:
+                tasks.append(_dag_task(step))
+                steps.append(_step_template(step, exp, options))
+    return [{"name": "automl", "dag": {"tasks": tasks}}, *steps]
 
 
 def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -> dict[str, Any]:
@@ -200,9 +250,6 @@ def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -
                 "secondsAfterSuccess": TTL_AFTER_SUCCESS_SECONDS,
                 "secondsAfterFailure": TTL_AFTER_FAILURE_SECONDS,
             },
-            "templates": [
-                {"name": "automl", "dag": {"tasks": [_dag_task(step) for step in STEPS]}},
-                *(_step_template(step, exp, options) for step in STEPS),
-            ],
+            "templates": _templates(exp, options),
         },
     }

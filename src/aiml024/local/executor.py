@@ -5,11 +5,20 @@ so a workflow that runs here runs the same way under the Argo controller:
 
 - `spec.entrypoint`, `spec.arguments.parameters`, DAG templates (`dag.tasks` with `template`,
   `dependencies` or a `depends` made of `&&`-joined task names, `arguments.parameters`,
-  `arguments.artifacts` with `from`), container templates (`command`, `args`, `env`,
-  `inputs.parameters`, `inputs.artifacts[].path`, `outputs.parameters[].valueFrom.path`,
-  `outputs.artifacts[].path`), `retryStrategy.limit` and `activeDeadlineSeconds`;
+  `arguments.artifacts` with `from`, `withSequence` with `count` or `start`/`end`), container
+  templates (`command`, `args`, `env`, `inputs.parameters`, `inputs.artifacts[].path`,
+  `outputs.parameters[].valueFrom.path`, `outputs.artifacts[].path`), `retryStrategy.limit`
+  and `activeDeadlineSeconds`;
 - expressions `{{workflow.name}}`, `{{workflow.parameters.X}}`, `{{inputs.parameters.X}}`,
-  `{{inputs.artifacts.X.path}}` and `{{tasks.T.outputs.parameters.P}}`.
+  `{{inputs.artifacts.X.path}}`, `{{tasks.T.outputs.parameters.P}}` and `{{item}}` (in a
+  withSequence task's arguments).
+
+A `withSequence` task runs all its items at once, as parallel processes (as Argo runs them as
+parallel pods), each in its own directory `<task>/<index>/`, and succeeds when every item
+does; nodes are named like Argo's, `<task>(<index>:<item>)`, under a TaskGroup node `<task>`.
+The items share nothing but what they share in a cluster (the distributed search's study
+storage and the artifact store). Like Argo, their outputs are not aggregated into artifacts;
+referring to a looped task's outputs (or using withItems, withParam, when, ...) is refused.
 
 Scheduling fields (resources, nodeSelector, tolerations, images, service accounts, pod GC) are
 accepted and have no local meaning. Containers see their filesystem under `/aiml024/`; here that
@@ -53,7 +62,8 @@ _IGNORED_CONTAINER = {
     "name", "ports", "livenessProbe", "readinessProbe",
 }  # fmt: skip
 _HANDLED_CONTAINER = {"command", "args", "env"}
-_HANDLED_TASK = {"name", "template", "dependencies", "depends", "arguments"}
+_HANDLED_TASK = {"name", "template", "dependencies", "depends", "arguments", "withSequence"}
+_HANDLED_SEQUENCE = {"count", "start", "end"}
 
 
 class ExecutorError(RuntimeError):
@@ -78,6 +88,7 @@ class NodeStatus:
     finished_at: str | None = None
     message: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    type: str = "Pod"
 
 
 @dataclass
@@ -100,7 +111,7 @@ class WorkflowRun:
             "nodes": {
                 name: {
                     "displayName": name,
-                    "type": "Pod",
+                    "type": node.type,
                     "phase": node.phase,
                     "startedAt": node.started_at,
                     "finishedAt": node.finished_at,
@@ -137,6 +148,8 @@ def check_supported(workflow: dict[str, Any]) -> None:
             _refuse_unknown(f"{where}.dag", template["dag"], {"tasks"})
             for task in template["dag"]["tasks"]:
                 _refuse_unknown(f"{where}.dag.tasks[{task.get('name')}]", task, _HANDLED_TASK)
+                if "withSequence" in task:
+                    sequence(task)  # refuses what it cannot expand
                 depends = task.get("depends", "")
                 if depends and not re.fullmatch(r"[\w-]+(\s*&&\s*[\w-]+)*", depends.strip()):
                     raise ExecutorError(
@@ -146,6 +159,29 @@ def check_supported(workflow: dict[str, Any]) -> None:
             _refuse_unknown(
                 f"{where}.container", template["container"], _HANDLED_CONTAINER | _IGNORED_CONTAINER
             )
+
+
+def sequence(task: dict[str, Any]) -> list[str]:
+    """The items of a task's `withSequence`: `count` (from 0, or from `start`) or
+    `start`..`end` inclusive, as Argo expands them."""
+    spec = task["withSequence"]
+    where = f"dag.tasks[{task.get('name')}].withSequence"
+    if not isinstance(spec, dict):
+        raise ExecutorError(f"{where}: must be an object")
+    _refuse_unknown(where, spec, _HANDLED_SEQUENCE)
+    try:
+        start = int(spec.get("start", 0))
+        if "count" in spec:
+            if "end" in spec:
+                raise ExecutorError(f"{where}: count and end are exclusive")
+            end = start + int(spec["count"]) - 1
+        else:
+            end = int(spec.get("end", 0))
+    except ValueError:
+        raise ExecutorError(f"{where}: count, start and end must be integers") from None
+    if end < start:
+        return []
+    return [str(i) for i in range(start, end + 1)]
 
 
 def _refuse_unknown(where: str, obj: dict[str, Any], allowed: set[str]) -> None:
@@ -237,7 +273,11 @@ class LocalExecutor:
             node.phase, node.started_at = "Running", _now()
             notify(run)
             try:
-                self._run_task(task, templates, scope, artifacts, node, listener)
+                if "withSequence" in task:
+                    node.type = "TaskGroup"
+                    self._run_items(task, templates, scope, artifacts, run, listener, notify)
+                else:
+                    self._run_task(task, templates, scope, artifacts, node, listener)
             except StepFailed as failure:
                 node.phase, node.finished_at, node.message = "Failed", _now(), failure.message
                 run.phase, run.finished_at = "Failed", _now()
@@ -255,6 +295,66 @@ class LocalExecutor:
         notify(run)
         return run
 
+    def _run_items(
+        self,
+        task: dict[str, Any],
+        templates: dict[str, dict[str, Any]],
+        scope: dict[str, str],
+        artifacts: dict[tuple[str, str], Path],
+        run: WorkflowRun,
+        listener: Listener | None,
+        notify: Callable[[WorkflowRun], None],
+    ) -> None:
+        """Every item of a withSequence task at once, one thread watching each process."""
+        lock = threading.Lock()
+
+        def locked_listener(name: str, event: dict[str, Any]) -> None:
+            if listener is not None:
+                with lock:
+                    listener(name, event)
+
+        items = sequence(task)
+        nodes = []
+        for index, item in enumerate(items):
+            node = NodeStatus(name=f"{task['name']}({index}:{item})", phase="Running")
+            node.started_at = _now()
+            run.nodes[node.name] = node
+            nodes.append(node)
+        notify(run)
+        failures: list[StepFailed] = []
+        errors: list[BaseException] = []
+
+        def one(index: int, item: str, node: NodeStatus) -> None:
+            try:
+                self._run_task(
+                    task, templates, scope | {"item": item}, artifacts, node, locked_listener,
+                    stepdir=self.workdir / task["name"] / str(index),
+                )  # fmt: skip
+                node.phase = "Succeeded"
+            except StepFailed as failure:
+                node.phase, node.message = "Failed", failure.message
+                failures.append(failure)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
+                node.phase, node.message = "Error", str(error)
+                errors.append(error)
+            node.finished_at = _now()
+            with lock:
+                notify(run)
+
+        threads = [
+            threading.Thread(target=one, args=(i, item, node), daemon=True)
+            for i, (item, node) in enumerate(zip(items, nodes, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        if failures:
+            first = failures[0]
+            raise StepFailed(task["name"], first.exit_code, first.message)
+
     def _run_task(
         self,
         task: dict[str, Any],
@@ -263,11 +363,13 @@ class LocalExecutor:
         artifacts: dict[tuple[str, str], Path],
         node: NodeStatus,
         listener: Listener | None,
+        stepdir: Path | None = None,
     ) -> None:
         template = templates.get(task["template"])
         if template is None or "container" not in template:
             raise ExecutorError(f"task {task['name']}: template {task['template']!r} not found")
-        stepdir = self.workdir / task["name"]
+        looped = stepdir is not None
+        stepdir = stepdir or self.workdir / task["name"]
         if stepdir.exists():
             shutil.rmtree(stepdir)
         stepdir.mkdir(parents=True)
@@ -332,7 +434,8 @@ class LocalExecutor:
             path = self._local(out["path"], stepdir)
             if not path.exists():
                 raise StepFailed(task["name"], 0, f"output artifact {out['name']} not written")
-            artifacts[(task["name"], out["name"])] = path
+            if not looped:  # Argo does not aggregate a loop's artifacts either
+                artifacts[(task["name"], out["name"])] = path
 
     def _spawn(
         self,

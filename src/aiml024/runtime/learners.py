@@ -1,9 +1,17 @@
 """Learners: plug-ins behind one small base class, registered by name.
 
-Each learner declares its search space as data (`space`) and its warm-start configurations
-(`defaults`) beside the code that builds and fits the estimator. Estimators see the dense
-Featurizer matrix and class codes 0..C-1; `predict` returns a probability matrix for
-classification and values for regression.
+Each learner declares its search space as data (`space`) and its fallback warm-start
+configurations (`defaults`; the shipped portfolio in `runtime/portfolio/` comes first) beside the
+code that builds and fits the estimator. Estimators see the dense Featurizer matrix and class
+codes 0..C-1; `predict` returns a probability matrix for classification and values for
+regression.
+
+Two options ride along with any learner's params, searched only when the data calls for them
+(`Learner.extra_space`): `class_weight` ("none" | "balanced") for strongly imbalanced classes,
+as balanced sample weights, and `target_transform` ("none" | "log1p") for a skewed, non-negative
+regression target: the model fits log1p(y) and predictions come back through expm1, as
+scikit-learn's TransformedTargetRegressor would do, but keeping the early-stopping eval set.
+`train` and `infer` apply them; `make`/`fit`/`predict` stay the plain per-learner contract.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 Params = dict[str, Any]
+CLASS_WEIGHT = "class_weight"
+TARGET_TRANSFORM = "target_transform"
+OPTIONS = (CLASS_WEIGHT, TARGET_TRANSFORM)
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,23 @@ class Learner:
     space: ClassVar[dict[str, Dimension]] = {}
     defaults: ClassVar[list[Params]] = []
     boosting: ClassVar[bool] = False
+    sample_weights: ClassVar[bool] = True  # fit() honours sample_weight
 
-    def search_space(self, trial: Any) -> Params:
+    def extra_space(
+        self, task: str, imbalanced: bool = False, log_target: bool = False
+    ) -> dict[str, Dimension]:
+        """The options worth searching for this data (see the module docstring)."""
+        extra: dict[str, Dimension] = {}
+        if task != "regression" and imbalanced and self.sample_weights:
+            extra[CLASS_WEIGHT] = Choice(("none", "balanced"))
+        if task == "regression" and log_target:
+            extra[TARGET_TRANSFORM] = Choice(("none", "log1p"))
+        return extra
+
+    def search_space(self, trial: Any, extra: dict[str, Dimension] | None = None) -> Params:
         """Sample this learner's params from an Optuna trial (names prefixed `<learner>.`)."""
         params: Params = {}
-        for key, dim in self.space.items():
+        for key, dim in {**self.space, **(extra or {})}.items():
             name = f"{self.name}.{key}"
             if isinstance(dim, Float):
                 params[key] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
@@ -82,10 +105,16 @@ class Learner:
         y_val: np.ndarray | None = None,
         patience: int = 50,
         deadline: float | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> int | None:
         """Fit in place; boosting learners early-stop on (X_val, y_val) and stop at `deadline`
         (time.monotonic()). Returns the number of boosting rounds kept, else None."""
-        estimator.fit(X, y)
+        if sample_weight is None:
+            estimator.fit(X, y)
+        elif hasattr(estimator, "steps"):  # a Pipeline: the weights go to its last step
+            estimator.fit(X, y, **{f"{estimator.steps[-1][0]}__sample_weight": sample_weight})
+        else:
+            estimator.fit(X, y, sample_weight=sample_weight)
         return None
 
     def predict(self, estimator: Any, X: np.ndarray) -> np.ndarray:
@@ -161,17 +190,23 @@ class LightGBM(Learner):
             **params,
         )
 
-    def fit(self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None):
+    def fit(
+        self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None,
+        sample_weight=None,
+    ):  # fmt: skip
         import lightgbm
 
         callbacks: list[Any] = []
         if deadline is not None:
             callbacks.append(_lightgbm_deadline(deadline))
         if X_val is None:
-            estimator.fit(X, y, callbacks=callbacks)
+            estimator.fit(X, y, sample_weight=sample_weight, callbacks=callbacks)
             return int(estimator.n_estimators)
         callbacks.append(lightgbm.early_stopping(patience, first_metric_only=True, verbose=False))
-        estimator.fit(X, y, eval_X=(X_val,), eval_y=(y_val,), callbacks=callbacks)
+        estimator.fit(
+            X, y, sample_weight=sample_weight, eval_X=(X_val,), eval_y=(y_val,),
+            callbacks=callbacks,
+        )  # fmt: skip
         return int(estimator.best_iteration_ or estimator.booster_.current_iteration())
 
 
@@ -232,15 +267,20 @@ class XGBoost(Learner):
             **params,
         )
 
-    def fit(self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None):
+    def fit(
+        self, estimator, X, y, X_val=None, y_val=None, patience=50, deadline=None,
+        sample_weight=None,
+    ):  # fmt: skip
         callbacks = [_xgboost_deadline(deadline)] if deadline is not None else None
         if X_val is None:
             estimator.set_params(callbacks=callbacks, early_stopping_rounds=None)
-            estimator.fit(X, y, verbose=False)
+            estimator.fit(X, y, sample_weight=sample_weight, verbose=False)
             estimator.set_params(callbacks=None)
             return int(estimator.get_booster().num_boosted_rounds())
         estimator.set_params(callbacks=callbacks, early_stopping_rounds=patience)
-        estimator.fit(X, y, eval_set=[(X_val, y_val)], verbose=False)
+        estimator.fit(
+            X, y, sample_weight=sample_weight, eval_set=[(X_val, y_val)], verbose=False
+        )
         estimator.set_params(callbacks=None)
         try:
             return int(estimator.best_iteration) + 1
@@ -313,6 +353,7 @@ class Linear(Learner):
 @register
 class KNN(Learner):
     name = "knn"
+    sample_weights = False
     space = {"n_neighbors": Int(5, 100, log=True), "weights": Choice(("uniform", "distance"))}
     defaults = [{"n_neighbors": 25, "weights": "distance"}]
 
@@ -321,6 +362,62 @@ class KNN(Learner):
 
         cls = KNeighborsRegressor if task == "regression" else KNeighborsClassifier
         return _scaled(cls(n_jobs=n_jobs, **params))
+
+
+@dataclass
+class Fitted:
+    """A fitted estimator and how its target was transformed."""
+
+    estimator: Any
+    log_target: bool = False
+
+
+def split_options(params: Params) -> tuple[Params, Params]:
+    """(the learner's own params, the options `train` applies)."""
+    own = {k: v for k, v in params.items() if k not in OPTIONS}
+    return own, {k: v for k, v in params.items() if k in OPTIONS}
+
+
+def train(
+    learner: Learner,
+    params: Params,
+    seed: int,
+    task: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    n_classes: int = 0,
+    n_jobs: int = 1,
+    patience: int = 50,
+    deadline: float | None = None,
+    n_estimators: int | None = None,
+) -> tuple[Fitted, int | None]:
+    """Make and fit one estimator with its options applied; returns it and the rounds kept."""
+    own, options = split_options(params)
+    log_target = task == "regression" and options.get(TARGET_TRANSFORM) == "log1p"
+    if log_target:
+        y = np.log1p(y)
+        y_val = None if y_val is None else np.log1p(y_val)
+    weight = None
+    if task != "regression" and options.get(CLASS_WEIGHT) == "balanced" and learner.sample_weights:
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        weight = compute_sample_weight("balanced", y)
+    estimator = learner.make(own, seed, task, n_classes, n_jobs, n_estimators)
+    kept = learner.fit(
+        estimator, X, y, X_val, y_val, patience=patience, deadline=deadline, sample_weight=weight
+    )
+    return Fitted(estimator, log_target), kept
+
+
+def infer(learner: Learner, fitted: Fitted | Any, X: np.ndarray) -> np.ndarray:
+    if not isinstance(fitted, Fitted):  # a bare estimator (bundles saved before options)
+        return learner.predict(fitted, X)
+    pred = learner.predict(fitted.estimator, X)
+    if fitted.log_target:
+        return np.expm1(np.clip(pred, -30.0, 700.0))
+    return pred
 
 
 class EnsembleEstimator(BaseEstimator):
@@ -353,10 +450,11 @@ class EnsembleEstimator(BaseEstimator):
             n_classes = len(self.classes_)
         self.estimators_ = []
         for name, params, rounds in self.members:
-            learner = get_learner(name)
-            estimator = learner.make(params, self.seed, self.task, n_classes, self.n_jobs, rounds)
-            learner.fit(estimator, X, y)
-            self.estimators_.append(estimator)
+            fitted, _ = train(
+                get_learner(name), params, self.seed, self.task, X, y, n_classes=n_classes,
+                n_jobs=self.n_jobs, n_estimators=rounds,
+            )  # fmt: skip
+            self.estimators_.append(fitted)
         return self
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
@@ -364,7 +462,7 @@ class EnsembleEstimator(BaseEstimator):
         for (name, _, _), weight, estimator in zip(
             self.members, self.weights, self.estimators_, strict=True
         ):
-            part = weight * get_learner(name).predict(estimator, X)
+            part = weight * infer(get_learner(name), estimator, X)
             total = part if total is None else total + part
         return total / float(np.sum(self.weights))
 

@@ -3,6 +3,13 @@
 The holdout rows are chosen first and never reach the study. Inside the study each fold's
 Featurizer is fit on that fold's training rows only; the fold matrices are built once and
 shared by every trial (they do not depend on the trial's params).
+
+Several workers may share one study (journal file with a lock, or an RDB URL such as
+PostgreSQL): each runs its own share of the trial cap (`worker_quota`) with its own sampler seed,
+records `worker` on its trials, and hands each finished trial's out-of-fold predictions to an
+`oof_sink` (the search step persists them to the shared search directory). `records_from_study`
+rebuilds the ranked records from the study and those files, so the leaderboard and ensemble
+come from every worker's trials.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from aiml024.api import ExperimentSpec
 
+from . import portfolio
 from .features import Featurizer
-from .learners import get_learner
+from .learners import get_learner, infer, train
 from .metrics import direction_of, fold_score, parse_objective, score
 
 log = logging.getLogger(__name__)
@@ -236,6 +244,25 @@ class SearchOutcome:
     folds: list[np.ndarray] = field(default_factory=list)
 
 
+# A classification target whose rarest class holds less than this share of the rows searches
+# balanced class weights too; a regression target this skewed (and >= 0) searches log1p.
+IMBALANCE_SHARE = 0.2
+LOG_TARGET_SKEW = 1.0
+
+
+def is_imbalanced(y: np.ndarray, n_classes: int) -> bool:
+    if not n_classes or not len(y):
+        return False
+    counts = np.bincount(y, minlength=n_classes)
+    return bool(counts.min() / counts.sum() < IMBALANCE_SHARE)
+
+
+def wants_log_target(y: np.ndarray) -> bool:
+    if not len(y) or np.nanmin(y) < 0:
+        return False
+    return bool(pd.Series(y).skew() > LOG_TARGET_SKEW)
+
+
 class Searcher:
     """Runs the cross-validated study on the search rows of a TrainingData."""
 
@@ -246,6 +273,8 @@ class Searcher:
         spec: ExperimentSpec,
         n_jobs: int = 1,
         on_trial: Callable[[dict[str, Any]], None] | None = None,
+        worker: int | None = None,
+        oof_sink: Callable[[int, np.ndarray], None] | None = None,
     ):
         self.spec = spec
         self.task = data.task
@@ -260,6 +289,10 @@ class Searcher:
         self._data, self._split = data, split
         self._cache: list[Fold] = []
         self.deadline = math.inf
+        self.worker = worker
+        self.oof_sink = oof_sink
+        self.imbalanced = self.task != "regression" and is_imbalanced(self.y, self.n_classes)
+        self.log_target = self.task == "regression" and wants_log_target(self.y)
 
     def featurize_folds(self) -> None:
         X = self._data.X.iloc[self._split.train].reset_index(drop=True)
@@ -270,7 +303,11 @@ class Searcher:
             X_val = featurizer.transform(X.iloc[val])
             self._cache.append(Fold(val, X_train, self.y[train], X_val, self.y[val]))
 
-    def run(self, study: optuna.Study, n_trials: int, deadline: float) -> SearchOutcome:
+    def run(
+        self, study: optuna.Study, n_trials: int, deadline: float, threads: int | None = None
+    ) -> SearchOutcome:
+        """Run up to n_trials in this process (`threads` Optuna threads; default: the spec's
+        parallelism, for a single search process) until the deadline."""
         self.deadline = deadline
         if not self._cache:
             self.featurize_folds()
@@ -280,15 +317,19 @@ class Searcher:
                 self.objective,
                 n_trials=n_trials,
                 timeout=remaining,
-                n_jobs=self.spec.search.parallelism,
+                n_jobs=threads or self.spec.search.parallelism,
                 catch=(Exception,),
                 callbacks=[self._report],
             )
         return self.outcome(study)
 
     def objective(self, trial: optuna.Trial) -> float:
+        if self.worker is not None:
+            trial.set_user_attr("worker", self.worker)
         learner = get_learner(trial.suggest_categorical("learner", self.spec.search.learners))
-        params = learner.search_space(trial)
+        params = learner.search_space(
+            trial, learner.extra_space(self.task, self.imbalanced, self.log_target)
+        )
         first = not self.records  # the first trial always finishes, on fair shares of time
         oof = np.full((len(self.y), self.n_classes) if self.n_classes else len(self.y), np.nan)
         values, rounds, started = [], [], time.monotonic()
@@ -301,19 +342,23 @@ class Searcher:
                 if now + spent_per_fold > self.deadline:
                     raise optuna.TrialPruned("out of time")
                 fold_deadline = self.deadline
-            estimator = learner.make(params, self.seed, self.task, self.n_classes, self.n_jobs)
-            kept = learner.fit(
-                estimator,
+            fitted, kept = train(
+                learner,
+                params,
+                self.seed,
+                self.task,
                 fold.X_train,
                 fold.y_train,
                 fold.X_val,
                 fold.y_val,
+                n_classes=self.n_classes,
+                n_jobs=self.n_jobs,
                 patience=self.spec.search.early_stopping.patience_rounds,
                 deadline=fold_deadline,
             )
             if not first and time.monotonic() > self.deadline:
                 raise optuna.TrialPruned("out of time")
-            pred = learner.predict(estimator, fold.X_val)
+            pred = infer(learner, fitted, fold.X_val)
             oof[fold.val] = pred
             values.append(score(self.metric, fold.y_val, pred, self.n_classes))
             if kept is not None:
@@ -324,6 +369,8 @@ class Searcher:
         value = float(np.mean(values))
         best_iteration = int(round(np.mean(rounds))) if rounds else None
         trial.set_user_attr("best_iteration", best_iteration)
+        if self.oof_sink is not None:  # before the trial completes: no COMPLETE trial lacks it
+            self.oof_sink(trial.number, oof)
         self.records[trial.number] = TrialRecord(
             trial.number, learner.name, params, value, oof, best_iteration
         )
@@ -348,9 +395,15 @@ class Searcher:
             }
         )
 
-    def outcome(self, study: optuna.Study) -> SearchOutcome:
+    def outcome(
+        self, study: optuna.Study, records: Sequence[TrialRecord] | None = None
+    ) -> SearchOutcome:
+        """Rank `records` (default: this process's trials) and select the ensemble."""
         sign = -1.0 if self.direction == "maximize" else 1.0
-        records = sorted(self.records.values(), key=lambda r: (sign * r.value, r.number))
+        records = sorted(
+            self.records.values() if records is None else records,
+            key=lambda r: (sign * r.value, r.number),
+        )
         states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome = SearchOutcome(
             records=records,
@@ -363,8 +416,9 @@ class Searcher:
             folds=self.folds,
         )
         ensemble = self.spec.search.ensemble
-        if ensemble.enabled and len(records) >= 2:
-            top = records[: max(ensemble.size, 2)]
+        with_oof = [r for r in records if r.oof.size]
+        if ensemble.enabled and len(with_oof) >= 2:
+            top = with_oof[: max(ensemble.size, 2)]
             weights, value = caruana(
                 [r.oof for r in top],
                 self.y,
@@ -381,6 +435,50 @@ class Searcher:
                     "value": value,
                 }
         return outcome
+
+
+def top_k(spec: ExperimentSpec) -> int:
+    """How many of the best trials the leaderboard and the ensemble need (with their OOF)."""
+    return max(spec.search.ensemble.size, 2)
+
+
+def trial_params(trial: optuna.trial.FrozenTrial) -> tuple[str, dict[str, Any]]:
+    """(learner, its params without the `<learner>.` prefix) of a trial."""
+    learner = str(trial.params["learner"])
+    prefix = f"{learner}."
+    return learner, {k[len(prefix) :]: v for k, v in trial.params.items() if k.startswith(prefix)}
+
+
+def records_from_study(
+    study: optuna.Study,
+    direction: str,
+    load_oof: Callable[[int], np.ndarray | None],
+    keep: int,
+) -> list[TrialRecord]:
+    """Every worker's completed trials, best first; the best `keep` with their out-of-fold
+    predictions (a trial whose predictions cannot be read is left out, with a warning)."""
+    sign = -1.0 if direction == "maximize" else 1.0
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and "learner" in t.params
+    ]
+    complete.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
+    records = []
+    for trial in complete:
+        oof = np.zeros(0)
+        if len([r for r in records if r.oof.size]) < keep:
+            loaded = load_oof(trial.number)
+            if loaded is None:
+                log.warning("trial %d: out-of-fold predictions are missing", trial.number)
+                continue
+            oof = loaded
+        learner, params = trial_params(trial)
+        rounds = trial.user_attrs.get("best_iteration")
+        records.append(
+            TrialRecord(trial.number, learner, params, float(trial.value or 0.0), oof, rounds)
+        )
+    return records
 
 
 def caruana(
@@ -427,18 +525,60 @@ def blend(predictions: Sequence[np.ndarray], weights: Sequence[float]) -> np.nda
 def open_storage(url: str | None, default_journal: Path) -> Any:
     """Optuna storage: `journal:///path` or empty (a journal file), else an Optuna URL."""
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     if url and not url.startswith("journal://"):
-        return url
+        return rdb_storage(url)
     path = Path(url.removeprefix("journal://")) if url else default_journal
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
 
-def create_study(spec: ExperimentSpec, storage: Any, name: str, n_folds: int) -> optuna.Study:
+def rdb_storage(url: str, attempts: int = 6) -> Any:
+    """An RDB storage (PostgreSQL in a cluster). N workers starting at once on an empty
+    database race to create Optuna's tables: the losers retry once the winner is done. A
+    heartbeat lets a live worker mark a crashed worker's RUNNING trials as failed."""
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def worker_quota(trials: int, workers: int, worker: int) -> int:
+    """Worker `worker`'s share of the trial cap; the shares add up to exactly `trials`."""
+    return trials // workers + (1 if worker < trials % workers else 0)
+
+
+def make_pruner(spec: ExperimentSpec, n_folds: int) -> optuna.pruners.BasePruner:
+    """spec.search.earlyStopping.pruner over the folds as the resource: a trial reports its
+    running mean after each fold and stops early when it falls behind."""
+    stopping = spec.search.early_stopping
+    if not stopping.enabled or stopping.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if stopping.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if stopping.pruner == "successive-halving":  # asynchronous (ASHA): no worker waits
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=3, min_early_stopping_rate=0
+        )
+    return optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max(n_folds, 2), reduction_factor=3
+    )
+
+
+def create_study(
+    spec: ExperimentSpec, storage: Any, name: str, n_folds: int, worker: int = 0
+) -> optuna.Study:
+    """Create or load the study; each worker samples with its own seed (seed + worker)."""
     search = spec.search
-    seed = search.seed
+    seed = search.seed + worker
     samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(
             seed=seed,
@@ -451,36 +591,49 @@ def create_study(spec: ExperimentSpec, storage: Any, name: str, n_folds: int) ->
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
     }
-    stopping = search.early_stopping
-    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if stopping.enabled and stopping.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    elif stopping.enabled and stopping.pruner == "successive-halving":
-        pruner = optuna.pruners.SuccessiveHalvingPruner()
-    elif stopping.enabled and stopping.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_folds)
     _, direction = parse_objective(spec.effective_objective)
     return optuna.create_study(
         storage=storage,
         sampler=samplers[search.sampler](),
-        pruner=pruner,
+        pruner=make_pruner(spec, n_folds),
         study_name=name,
         direction=direction,
         load_if_exists=True,
     )
 
 
-def enqueue_defaults(
-    study: optuna.Study, learners: Sequence[str], limit: int, per_learner: int = 2
-) -> int:
-    """Warm start: known-good configurations first, interleaved across learners (at most
-    `limit`, so no queued trial outlives the run)."""
-    queued = 0
-    for i in range(per_learner):
+def warm_start_configs(kind: str, learners: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """The portfolio of this task kind (or a learner's built-in defaults where the portfolio
+    has none), round-robin across the spec's learners in their order, at most `limit`."""
+    per_learner = {
+        name: portfolio.configs(kind, name) or [dict(p) for p in get_learner(name).defaults]
+        for name in learners
+    }
+    configs: list[dict[str, Any]] = []
+    depth = max((len(v) for v in per_learner.values()), default=0)
+    for i in range(depth):
         for name in learners:
-            learner = get_learner(name)
-            if i < len(learner.defaults) and queued < limit:
-                params = {f"{name}.{k}": v for k, v in learner.defaults[i].items()}
-                study.enqueue_trial({"learner": name, **params}, skip_if_exists=True)
-                queued += 1
-    return queued
+            if i < len(per_learner[name]) and len(configs) < limit:
+                params = {f"{name}.{k}": v for k, v in per_learner[name][i].items()}
+                configs.append({"learner": name, **params})
+    return configs
+
+
+def enqueue_warm_start(
+    study: optuna.Study,
+    kind: str,
+    learners: Sequence[str],
+    limit: int,
+    worker: int = 0,
+    workers: int = 1,
+) -> int:
+    """Warm start: queue the portfolio's configurations first (at most `limit`, so no queued
+    trial outlives the run). With several workers, worker w queues configurations w, w+N, ...
+    so each is queued exactly once without coordination; a restarted worker skips its own."""
+    queued = {t.user_attrs.get("warmStart") for t in study.get_trials(deepcopy=False)}
+    count = 0
+    for j, config in enumerate(warm_start_configs(kind, learners, limit)):
+        if j % workers == worker and j not in queued:
+            study.enqueue_trial(config, user_attrs={"warmStart": j})
+            count += 1
+    return count

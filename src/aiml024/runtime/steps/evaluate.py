@@ -1,6 +1,15 @@
 """The evaluate step: refit the chosen model on the search rows, score it on the holdout
 against a default-LightGBM baseline, and write the bundle and the model card.
 
+Serving constraints (spec.constraints.latencyP95Ms, maxModelSizeMb) make the choice
+multi-objective, post hoc over the leaderboard: candidates are refit in rank order (best
+cross-validated value first, at most MAX_CONSTRAINED_CANDIDATES) and each one's p95 latency of
+a single-row `Bundle.predict` (the serving path, LATENCY_REPEATS calls) and pickled size are
+measured; the first that meets every constraint is the best feasible point of the Pareto front
+and is chosen. When none does, the candidate that violates them least is kept and the card says
+so. The card's leaderboard shows latencyP95Ms and sizeMb of every measured candidate, and the
+constraint outcome.
+
 Inputs: `clean` (parquet), `search/` (split.json, leaderboard.json, oof/). Outputs: `bundle/`
 (aiml024.runtime.bundle), `card/` (model_card.md, model_card.json).
 """
@@ -8,6 +17,8 @@ Inputs: `clean` (parquet), `search/` (split.json, leaderboard.json, oof/). Outpu
 from __future__ import annotations
 
 import json
+import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +40,8 @@ from . import StepError, spec_from
 from .search import LEADERBOARD_FILE, SPLIT_FILE, load_training, write_json
 
 SERVABLE_TYPES = ("numeric", "categorical", "datetime", "text", "boolean")
+LATENCY_REPEATS = 50
+MAX_CONSTRAINED_CANDIDATES = 4
 
 
 def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
@@ -41,19 +54,14 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     except DataError as error:
         raise StepError(str(error)) from None
     board = _read_json(search_dir / LEADERBOARD_FILE)["rows"]
-    chosen = choose(board, parse_objective(spec.effective_objective)[0])
-    members = chosen.get("members") or [f"{chosen['learner']}#{chosen['trial']}"]
-    weights = chosen.get("weights") or [1.0]
+    metric = parse_objective(spec.effective_objective)[0]
     trials = {row["trial"]: row for row in board if row.get("trial") is not None}
-    member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
 
     pii = dict(validate.get("pii") or {})
     pii_action = (
         validate.get("piiAction") if validate.get("piiAction") in ("mask", "drop") else "mask"
     )
     meta = bundle_meta(spec, data, clean, pii, pii_action, params.get("codeVersion", ""))
-    meta.learner = chosen["learner"]
-    meta.members = members
     # Columns validate dropped (empty, constant) still arrive from clients: accept, ignore.
     known = {c.name for c in meta.columns}
     dropped = params.get("validate", {}).get("droppedColumns", {})
@@ -64,26 +72,28 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     X_train, X_hold = X.iloc[split.train], X.iloc[split.holdout]
     y_train, y_hold = labels[split.train], data.y[split.holdout]
 
-    model = Pipeline(
-        [
-            ("pii", PiiMasker(columns=pii, action=pii_action)),
-            ("features", make_featurizer(spec, data.types)),
-            (
-                "model",
-                EnsembleEstimator(
-                    members=[
-                        (r["learner"], r["params"], r.get("bestIteration")) for r in member_rows
-                    ],
-                    weights=list(weights),
-                    task=data.task,
-                    classes=data.classes or None,
-                    seed=spec.search.seed,
-                    n_jobs=available_cpus(),
-                ),
-            ),
-        ]
-    )
-    model.fit(X_train, y_train)
+    def fit(row: dict[str, Any]) -> Pipeline:
+        return candidate_pipeline(spec, data, row, trials, pii, pii_action).fit(X_train, y_train)
+
+    sample = data.X.iloc[split.holdout[:1]]
+    constraints = spec.constraints
+    if constraints.latency_p95_ms is None and constraints.max_model_size_mb is None:
+        chosen = choose(board, metric)
+        model = fit(chosen)
+        costs = {id(chosen): serving_cost(model, meta, sample)}
+        outcome: dict[str, Any] = {"constrained": False}
+    else:
+        chosen, model, costs, outcome = choose_within_constraints(
+            board, metric, fit, lambda m: serving_cost(m, meta, sample), constraints
+        )
+    for row in board:
+        if id(row) in costs:
+            row.update(costs[id(row)])
+    members = chosen.get("members") or [f"{chosen['learner']}#{chosen['trial']}"]
+    weights = chosen.get("weights") or [1.0]
+    member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
+    meta.learner = chosen["learner"]
+    meta.members = members
     baseline = baseline_pipeline(spec, data).fit(X_train, data.y[split.train])
 
     threshold = 0.5
@@ -97,7 +107,9 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     result = holdout_scores(model, baseline, X_hold, y_hold, data, threshold)
     digest = save_bundle(outputs / "bundle", model, meta)
 
-    card = model_card(params, spec, data, split, board, chosen, members, result, pii, pii_action)
+    card = model_card(
+        params, spec, data, split, board, chosen, members, result, pii, pii_action, outcome
+    )
     card_dir = outputs / "card"
     card_dir.mkdir(parents=True, exist_ok=True)
     write_json(card_dir / "model_card.json", card)
@@ -116,6 +128,87 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
         trial=_best_trial(board),
         holdout_rows=len(split.holdout),
     ).wire()
+
+
+def candidate_pipeline(
+    spec: ExperimentSpec,
+    data: TrainingData,
+    row: dict[str, Any],
+    trials: dict[int, dict[str, Any]],
+    pii: dict[str, str],
+    pii_action: str,
+) -> Pipeline:
+    """The unfitted served pipeline of one leaderboard row (a trial or the ensemble)."""
+    members = row.get("members") or [f"{row['learner']}#{row['trial']}"]
+    weights = row.get("weights") or [1.0]
+    member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
+    return Pipeline(
+        [
+            ("pii", PiiMasker(columns=pii, action=pii_action)),
+            ("features", make_featurizer(spec, data.types)),
+            (
+                "model",
+                EnsembleEstimator(
+                    members=[
+                        (r["learner"], r["params"], r.get("bestIteration")) for r in member_rows
+                    ],
+                    weights=list(weights),
+                    task=data.task,
+                    classes=data.classes or None,
+                    seed=spec.search.seed,
+                    n_jobs=available_cpus(),
+                ),
+            ),
+        ]
+    )
+
+
+def serving_cost(model: Pipeline, meta: BundleMeta, sample: pd.DataFrame) -> dict[str, float]:
+    """p95 latency (ms) of Bundle.predict on one raw row, and the pickled model size (MB)."""
+    bundle = Bundle(model, meta)
+    bundle.predict(sample)  # warm up lazy imports and caches
+    timings = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        bundle.predict(sample)
+        timings.append((time.perf_counter() - started) * 1000.0)
+    size = len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)) / 1e6
+    return {
+        "latencyP95Ms": round(float(np.percentile(timings, 95)), 3),
+        "sizeMb": round(size, 3),
+    }
+
+
+def choose_within_constraints(
+    board: list[dict[str, Any]],
+    metric: str,
+    fit: Any,
+    measure: Any,
+    constraints: Any,
+) -> tuple[dict[str, Any], Pipeline, dict[int, dict[str, float]], dict[str, Any]]:
+    """The best candidate (rank order) that meets latencyP95Ms and maxModelSizeMb; else the
+    one that misses them least. Returns it, its fitted model, the measured costs by row id and
+    the outcome for the card."""
+    limits = {"latencyP95Ms": constraints.latency_p95_ms, "sizeMb": constraints.max_model_size_mb}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    ranked = sorted(board, key=lambda row: row["rank"])[:MAX_CONSTRAINED_CANDIDATES]
+    costs: dict[int, dict[str, float]] = {}
+    fallback: tuple[float, dict[str, Any], Pipeline] | None = None
+    for row in ranked:
+        model = fit(row)
+        cost = costs[id(row)] = measure(model)
+        excess = max(cost[k] / v for k, v in limits.items())
+        if excess <= 1.0:
+            outcome = {"constrained": True, "limits": limits, "met": True, "rank": row["rank"],
+                       "measured": len(costs)}  # fmt: skip
+            return row, model, costs, outcome
+        if fallback is None or excess < fallback[0]:
+            fallback = (excess, row, model)
+    assert fallback is not None
+    _, row, model = fallback
+    outcome = {"constrained": True, "limits": limits, "met": False, "rank": row["rank"],
+               "measured": len(costs)}  # fmt: skip
+    return row, model, costs, outcome
 
 
 def choose(board: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -214,6 +307,7 @@ def model_card(
     result: dict[str, Any],
     pii: dict[str, str],
     pii_action: str,
+    outcome: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     ingest = params.get("ingest") or {}
     search = params.get("search") or {}
@@ -234,6 +328,21 @@ def model_card(
         limitations.append("Probabilities are not well calibrated (ECE > 0.05).")
     if pii and pii_action == "mask":
         limitations.append("Masked personal-data columns contribute only their coarse tokens.")
+    outcome = outcome or {"constrained": False}
+    if outcome["constrained"]:
+        wanted = ", ".join(f"{k} <= {v}" for k, v in outcome["limits"].items())
+        if outcome["met"]:
+            limitations.append(
+                f"Serving constraints ({wanted}) met by the leaderboard's rank {outcome['rank']} "
+                f"candidate ({outcome['measured']} measured); better-scoring candidates did not."
+                if outcome["rank"] > 1
+                else f"Serving constraints ({wanted}) met by the best candidate."
+            )
+        else:
+            limitations.append(
+                f"No candidate met the serving constraints ({wanted}); the one closest to them "
+                f"(rank {outcome['rank']}) was kept."
+            )
     return build_card(
         name=(spec.model.name if spec.model else f"{experiment}-model"),
         task=data.task,
@@ -261,7 +370,8 @@ def model_card(
         leaderboard=[
             {
                 k: row[k]
-                for k in ("rank", "name", "value", "trial", "members", "weights")
+                for k in ("rank", "name", "value", "trial", "members", "weights", "latencyP95Ms",
+                      "sizeMb")  # fmt: skip
                 if k in row
             }
             for row in board
@@ -272,6 +382,7 @@ def model_card(
             "baselineMetrics": result["baseline"],
             "calibration": result["calibration"],
             "threshold": result["threshold"],
+            "constraints": outcome,
         },
         pii={"columns": pii, "action": pii_action if pii else "none"},
         limitations=limitations,

@@ -3,6 +3,22 @@
 Inputs: `clean` (parquet). Outputs: `search/` holding study.journal (unless params.studyStorage
 names another storage), split.json, leaderboard.json and oof/trial-<n>.npy (out-of-fold
 predictions of the top trials).
+
+Three roles, chosen by params:
+
+- no `worker` and no `merge`: one process runs the whole study (the default; with
+  spec.search.parallelism > 1 it runs that many Optuna threads);
+- `"worker": i` (spec.search.parallelism = N workers): run this worker's share of the trial cap
+  (`worker_quota`) on the shared study until the time budget; every finished trial's
+  out-of-fold predictions go to the shared search directory (`shared_dir`). Writes a small
+  result (trials this worker finished), no artifact;
+- `"merge": true`: after every worker, rebuild the leaderboard and the ensemble from all the
+  workers' trials and write the usual `search/` artifact and SearchResult.
+
+The shared search directory is `params.searchShared`, else
+`{artifactStore}/{experiment}/{workflow}/search` (any fsspec location). The study is
+`params.studyStorage` (PostgreSQL in a cluster); when that is empty the workers share a journal
+file (with a lock) in the shared directory, which must then be on a local filesystem.
 """
 
 from __future__ import annotations
@@ -20,18 +36,22 @@ from aiml024.api import ExperimentSpec
 from aiml024.api.experiment import Trial
 from aiml024.api.steps import LeaderboardRow, SearchResult
 
-from .. import available_cpus, emit_event
+from .. import available_cpus, emit_event, portfolio
 from ..search import (
     DataError,
     Searcher,
     SearchOutcome,
+    Split,
     TrainingData,
     create_study,
-    enqueue_defaults,
+    enqueue_warm_start,
     make_split,
     open_storage,
+    records_from_study,
     split_document,
+    top_k,
     training_data,
+    worker_quota,
 )
 from . import StepError, spec_from
 
@@ -43,26 +63,167 @@ LEADERBOARD_FILE = "leaderboard.json"
 def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     started = time.monotonic()
     spec = spec_from(params)
+    if params.get("worker") is not None:
+        return run_worker(params, spec, inputs, started)
     out = outputs / "search"
     out.mkdir(parents=True, exist_ok=True)
     clean, data = load_training(params, spec, inputs)
-    try:
-        split = make_split(data, spec)
-    except DataError as error:
-        raise StepError(str(error)) from None
+    split = _split(data, spec)
     id_values = clean[spec.id_column] if spec.id_column in clean.columns else None
     write_json(out / SPLIT_FILE, split_document(split, data, id_values))
+    if params.get("merge"):
+        return run_merge(params, spec, data, split, out, started)
 
-    name = params.get("workflow") or params.get("experiment") or "aiml024"
     storage = open_storage(params.get("studyStorage") or None, out / "study.journal")
-    study = create_study(spec, storage, name, spec.split.folds)
+    study = create_study(spec, storage, study_name(params), spec.split.folds)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if spec.search.warm_start and not study.get_trials(deepcopy=False):
-        enqueue_defaults(study, spec.search.learners, limit=spec.search.trials)
+    if spec.search.warm_start:
+        kind = portfolio.task_kind(data.task, data.n_classes)
+        enqueue_warm_start(study, kind, spec.search.learners, limit=spec.search.trials)
     threads = max(1, available_cpus() // spec.search.parallelism)
     searcher = Searcher(data, split, spec, n_jobs=threads, on_trial=emit_event)
     deadline = started + spec.search.time_budget_seconds
     outcome = searcher.run(study, spec.search.trials - finished, deadline)
+    return finish(spec, data, split, outcome, out, started)
+
+
+def study_name(params: dict[str, Any]) -> str:
+    return str(params.get("workflow") or params.get("experiment") or "aiml024")
+
+
+def _split(data: TrainingData, spec: ExperimentSpec) -> Split:
+    try:
+        return make_split(data, spec)
+    except DataError as error:
+        raise StepError(str(error)) from None
+
+
+def shared_dir(params: dict[str, Any]) -> str:
+    """Where the workers put what the merge reads (an fsspec URI or a path)."""
+    if params.get("searchShared"):
+        return str(params["searchShared"])
+    store = params.get("artifactStore")
+    if not store:
+        raise StepError("params carry no 'artifactStore': where do search workers share trials?")
+    return f"{str(store).rstrip('/')}/{params.get('experiment', 'aiml024')}/{study_name(params)}/search"
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    return fs, root.rstrip("/")
+
+
+def shared_storage(params: dict[str, Any]) -> Any:
+    """The study every worker shares: params.studyStorage, else a locked journal file in the
+    shared directory (a local filesystem only: a journal cannot be locked on object storage)."""
+    if params.get("studyStorage"):
+        return open_storage(params["studyStorage"], Path("unused"))
+    fs, root = _fs(shared_dir(params))
+    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        raise StepError(
+            f"spec.search.parallelism > 1 with the shared directory {shared_dir(params)} needs a "
+            "study-storage URL (e.g. postgresql://...): a journal file cannot be shared there"
+        )
+    return open_storage(f"journal://{root}/study.journal", Path("unused"))
+
+
+def run_worker(
+    params: dict[str, Any], spec: ExperimentSpec, inputs: Path, started: float
+) -> dict[str, Any]:
+    """One of N workers on the shared study; see the module docstring."""
+    worker, workers = int(params["worker"]), spec.search.parallelism
+    if not 0 <= worker < workers:
+        raise StepError(f"worker {worker} is outside 0..{workers - 1} (spec.search.parallelism)")
+    _, data = load_training(params, spec, inputs)
+    split = _split(data, spec)
+    storage = shared_storage(params)
+    study = create_study(spec, storage, study_name(params), spec.split.folds, worker=worker)
+    mine = [
+        t
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.user_attrs.get("worker") == worker
+    ]
+    if spec.search.warm_start:
+        kind = portfolio.task_kind(data.task, data.n_classes)
+        enqueue_warm_start(
+            study, kind, spec.search.learners, spec.search.trials, worker=worker, workers=workers
+        )
+    fs, root = _fs(shared_dir(params))
+    fs.makedirs(f"{root}/oof", exist_ok=True)
+
+    def save_oof(number: int, oof: np.ndarray) -> None:
+        with fs.open(f"{root}/oof/trial-{number}.npy", "wb") as handle:
+            np.save(handle, oof)
+
+    threads = max(1, available_cpus() // workers)
+    searcher = Searcher(
+        data, split, spec, n_jobs=threads, on_trial=emit_event, worker=worker, oof_sink=save_oof
+    )
+    quota = worker_quota(spec.search.trials, workers, worker)
+    deadline = started + spec.search.time_budget_seconds
+    searcher.run(study, quota - len(mine), deadline, threads=1)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.user_attrs.get("worker") == worker
+    ]
+    states = [t.state for t in done]
+    return {
+        "worker": worker,
+        "workers": workers,
+        "quota": quota,
+        "trials": sorted(t.number for t in done),
+        "trialsCompleted": states.count(TrialState.COMPLETE),
+        "trialsPruned": states.count(TrialState.PRUNED),
+        "trialsFailed": states.count(TrialState.FAIL),
+        "elapsedSeconds": round(time.monotonic() - started, 3),
+    }
+
+
+def run_merge(
+    params: dict[str, Any],
+    spec: ExperimentSpec,
+    data: TrainingData,
+    split: Split,
+    out: Path,
+    started: float,
+) -> dict[str, Any]:
+    """Leaderboard and ensemble from every worker's trials; copies the journal (if any)."""
+    import optuna
+
+    storage = shared_storage(params)
+    try:
+        study = optuna.load_study(study_name=study_name(params), storage=storage)
+    except KeyError:
+        raise StepError(f"no study {study_name(params)!r} to merge: did the workers run?") from None
+    fs, root = _fs(shared_dir(params))
+
+    def load_oof(number: int) -> np.ndarray | None:
+        try:
+            with fs.open(f"{root}/oof/trial-{number}.npy", "rb") as handle:
+                return np.asarray(np.load(handle))
+        except FileNotFoundError:
+            return None
+
+    searcher = Searcher(data, split, spec)
+    records = records_from_study(study, searcher.direction, load_oof, keep=top_k(spec))
+    outcome = searcher.outcome(study, records)
+    if not params.get("studyStorage") and fs.exists(f"{root}/study.journal"):
+        fs.get(f"{root}/study.journal", str(out / "study.journal"))
+    return finish(spec, data, split, outcome, out, started)
+
+
+def finish(
+    spec: ExperimentSpec,
+    data: TrainingData,
+    split: Split,
+    outcome: SearchOutcome,
+    out: Path,
+    started: float,
+) -> dict[str, Any]:
+    """Write leaderboard.json and the top trials' OOF predictions; the SearchResult."""
     if not outcome.records:
         raise StepError(
             f"no trial finished within timeBudgetSeconds={spec.search.time_budget_seconds} "
