@@ -217,3 +217,11 @@ def test_gate_event_reports_denials_as_warnings_with_the_rules() -> None:
     assert model_rules.gate_event(status.policy) == (
         "Warning", "PolicyDenied", "stage production: deny (sha256_missing)",
     )  # fmt: skip
+
+
+def test_the_registered_model_is_owned_by_the_experiments_author_whatever_the_step_says() -> None:
+    exp = experiment()
+    exp.metadata.annotations["aiml024.io/applied-by"] = "alice"
+    manifest = model(owner="mallory").wire()
+    registered = experiment_rules.model_to_register(exp, manifest)
+    assert registered.spec.owner == "alice"

@@ -12,6 +12,12 @@ GROUP = "aiml024.io"
 VERSION = "v1alpha1"
 API_VERSION: Final[Literal["aiml024.io/v1alpha1"]] = "aiml024.io/v1alpha1"
 
+# Annotations that carry identity; set by the admission webhook (or the embedded control
+# plane), never trusted from what a user writes.
+APPLIED_BY = f"{GROUP}/applied-by"  # who created an Experiment: the author of its Models
+APPROVE = f"{GROUP}/approve"  # a request to approve a Model for a stage
+APPROVALS = f"{GROUP}/approvals"  # the recorded approvals, immutable once written
+
 # RFC 1123 subdomain name, as Kubernetes requires for object names.
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 

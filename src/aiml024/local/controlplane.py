@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..api import Deployment, Experiment, Model, ModelStatus, parse_object
+from ..api import Deployment, Experiment, Model, ModelStatus
+from ..api.common import APPLIED_BY
 from ..api.model import Approval
-from ..compiler import CompileError, CompileOptions, compile_experiment
+from ..compiler import CompileError, compile_experiment
 from ..policy import default_policy_dir, evaluate
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
@@ -77,9 +78,12 @@ class LocalControlPlane:
                 manifest = obj.wire()
                 manifest.pop("status", None)
                 if isinstance(obj, Experiment):
-                    manifest["metadata"].setdefault("annotations", {})
-                    manifest["metadata"]["annotations"].setdefault(
-                        "aiml024.io/applied-by", current_user()
+                    # As the admission webhook does: the author is who first applied it, never
+                    # what the manifest claims.
+                    stored_before = self.store.find("Experiment", obj.metadata.name)
+                    author = (stored_before or {}).get("metadata", {}).get("annotations", {})
+                    manifest["metadata"].setdefault("annotations", {})[APPLIED_BY] = author.get(
+                        APPLIED_BY, current_user()
                     )
                 saved, _changed = self.store.apply(manifest)
                 stored.append(saved)
@@ -104,9 +108,8 @@ class LocalControlPlane:
 
     def reconcile_experiment(self, name: str, progress: Progress) -> str | None:
         exp = Experiment.model_validate(self.store.get("Experiment", name))
-        options = CompileOptions(code_version=__version__)
         try:
-            workflow = compile_experiment(exp, options)
+            workflow = compile_experiment(exp)
         except CompileError as error:
             status = experiment_rules.invalid_spec_status(exp, str(error), _now())
             self._set_status(exp, status.wire())
@@ -128,10 +131,8 @@ class LocalControlPlane:
             exp.wire(), "Normal", "WorkflowCreated", f"created workflow {wf_name}"
         )
         best: dict[str, Any] = {"trials": 0, "best": None}
-        last_run: list[WorkflowRun] = []
 
         def on_change(run: WorkflowRun) -> None:
-            last_run[:] = [run]
             self.store.update_status("Workflow", wf_name, run.status())
             for node in run.nodes.values():
                 progress.step(name, node.name, node.phase)
@@ -179,9 +180,7 @@ class LocalControlPlane:
         return model_name
 
     def _register(self, exp: Experiment, manifest: dict[str, Any]) -> str:
-        model = parse_object(manifest, source="register step output")
-        assert isinstance(model, Model)
-        model.spec.owner = exp.metadata.annotations.get("aiml024.io/applied-by")
+        model = experiment_rules.model_to_register(exp, manifest)
         spec_manifest = model.wire()
         status = spec_manifest.pop("status", {})
         existing = self.store.find("Model", model.metadata.name)
@@ -195,7 +194,9 @@ class LocalControlPlane:
     # -- models ---------------------------------------------------------------------------------
 
     def reconcile_model(self, name: str) -> Model:
-        model = model_rules.with_source_artifact(Model.model_validate(self.store.get("Model", name)))
+        model = model_rules.with_source_artifact(
+            Model.model_validate(self.store.get("Model", name))
+        )
         gate = evaluate(
             model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals
         )

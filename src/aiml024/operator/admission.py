@@ -18,10 +18,11 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import Deployment, Experiment, Model, describe_validation_error
+from ..api.common import APPLIED_BY, APPROVALS, APPROVE
 from ..compiler import CompileError, compile_experiment
 from ..policy import promotion_decision
 from . import policy
-from .config import APPLIED_BY, APPROVALS, APPROVE, OperatorConfig
+from .config import OperatorConfig
 from .rules import approval_record, recorded_approvals, valid_approvals
 
 Obj = dict[str, Any]

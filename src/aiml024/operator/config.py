@@ -11,9 +11,6 @@ from ..policy import default_policy_dir
 
 # The label every child the operator creates carries, and that its watches select on.
 MANAGED = {"app.kubernetes.io/managed-by": "aiml024"}
-APPLIED_BY = "aiml024.io/applied-by"
-APPROVE = "aiml024.io/approve"
-APPROVALS = "aiml024.io/approvals"
 
 
 def _float(name: str, default: float) -> float:

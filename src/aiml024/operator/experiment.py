@@ -14,11 +14,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from ..api import Experiment, ExperimentStatus, Model, ObjectMeta, SpecError, parse_object
+from ..api import Experiment, ExperimentStatus, ObjectMeta, SpecError
 from ..compiler import CompileError, compile_experiment
 from ..reconcile import experiment as experiment_rules
 from . import model as model_handlers
-from .config import APPLIED_BY, MANAGED, OperatorConfig
+from .config import MANAGED, OperatorConfig
 from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Conflict, Kube, merge_diff
 from .rules import needs_workflow, search_progress
 
@@ -113,10 +113,7 @@ async def _report(
 async def register_model(kube: Kube, config: OperatorConfig, exp: Experiment, manifest: Obj) -> str:
     """Create (or, after a retrain, replace) the Model the register step produced, with its
     evidence in status and the Experiment's author as owner, then gate it."""
-    model = parse_object(manifest, source="register step output")
-    assert isinstance(model, Model)
-    # The author is who created the Experiment, as the admission webhook recorded it.
-    model.spec.owner = exp.metadata.annotations.get(APPLIED_BY)
+    model = experiment_rules.model_to_register(exp, manifest)
     namespace = exp.metadata.namespace or "default"
     doc = model.wire()
     evidence = doc.pop("status", {})

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from ..api import Experiment, Model, ModelStatus
+from ..api.common import APPROVALS
 from ..api.model import Approval
 from ..reconcile import model as model_rules
-from .config import APPROVALS
 
 Obj = dict[str, Any]
 FINISHED = ("Succeeded", "Failed")

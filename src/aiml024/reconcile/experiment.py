@@ -10,7 +10,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..api import Experiment, ExperimentStatus, set_condition
+from ..api import Experiment, ExperimentStatus, Model, SpecError, parse_object, set_condition
+from ..api.common import APPLIED_BY
 from ..api.experiment import Trial
 from ..api.steps import LeaderboardRow
 
@@ -122,3 +123,16 @@ def registered_model(workflow_status: dict[str, Any]) -> dict[str, Any] | None:
         return None
     result = step_result(workflow_status, "register")
     return result.get("model") if result else None
+
+
+def model_to_register(exp: Experiment, manifest: dict[str, Any]) -> Model:
+    """The Model the register step produced, owned by the Experiment's author.
+
+    The author is who created the Experiment, as the webhook (or the local control plane)
+    recorded it, never a name in the step's output.
+    """
+    model = parse_object(manifest, source="register step output")
+    if not isinstance(model, Model):
+        raise SpecError("register step output", [f"expected a Model, got {model.kind}"])
+    model.spec.owner = exp.metadata.annotations.get(APPLIED_BY)
+    return model

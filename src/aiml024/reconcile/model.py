@@ -47,7 +47,9 @@ def with_source_artifact(model: Model) -> Model:
     status = model.status or ModelStatus()
     if source.experiment is not None or status.artifact_uri or not source.artifact_uri:
         return model
-    filled = status.model_copy(update={"artifact_uri": source.artifact_uri, "sha256": source.sha256})
+    filled = status.model_copy(
+        update={"artifact_uri": source.artifact_uri, "sha256": source.sha256}
+    )
     return model.model_copy(update={"status": filled})
 
 
