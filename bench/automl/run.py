@@ -260,8 +260,8 @@ def _frameworks(listing: str) -> list[str]:
 
 
 def _aiml024_env(args: argparse.Namespace) -> dict[str, str]:
-    """How the aiml024 runner splits the budget and which learners it searches."""
-    env = {"BENCH_AIML024_RESERVE_SHARE": str(args.aiml024_reserve)}
+    """Which learners the aiml024 runner searches."""
+    env: dict[str, str] = {}
     if args.aiml024_learners:
         env["BENCH_AIML024_LEARNERS"] = args.aiml024_learners
     return env
@@ -340,9 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", help="suite: comma list (default all): "
                         + ",".join(d.name for d in SUITE))
     parser.add_argument("--cpus", type=int, help="pin every fit to this many CPUs (default all)")
-    parser.add_argument("--aiml024-reserve", type=float, default=0.4, metavar="SHARE",
-                        help="share of the budget left after ingest+validate that aiml024's "
-                        "search step leaves to evaluate (its refit); default 0.4")
     parser.add_argument("--aiml024-learners", metavar="LIST",
                         help="aiml024 spec.search.learners (default: the product default)")
     parser.add_argument("--keep-work", action="store_true",

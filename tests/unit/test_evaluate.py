@@ -139,3 +139,28 @@ def test_regression_evaluates_rmse_mae_r2(tmp_path: Path) -> None:
     assert result["cardComplete"] is False  # no owner label, no dataset fingerprint
     predicted = load_bundle(tmp_path / "out" / "bundle").predict([{"tenure": 10}])
     assert predicted["score"].iloc[0] == pytest.approx(25.0, abs=10)
+
+
+def test_ensemble_members_that_would_overrun_the_budget_are_dropped() -> None:
+    import time
+
+    board: list[dict[str, Any]] = [
+        {"rank": 1, "name": "ensemble", "learner": "ensemble", "value": 0.9,
+         "members": ["lightgbm#0", "xgboost#1", "xgboost#2"], "weights": [0.5, 0.3, 0.2]},
+        {"rank": 2, "name": "lightgbm", "learner": "lightgbm", "value": 0.88, "trial": 0},
+        {"rank": 3, "name": "xgboost", "learner": "xgboost", "value": 0.87, "trial": 1},
+        {"rank": 4, "name": "xgboost", "learner": "xgboost", "value": 0.86, "trial": 2},
+    ]  # fmt: skip
+    trials = {row["trial"]: row for row in board if "trial" in row}
+    refits = {"0": 1.0, "1": 2.0, "2": 30.0}
+    budget = {"remainingSeconds": 6.0, "refitSeconds": refits}
+    dropped = evaluate_step.fit_budget(board, trials, budget, time.monotonic())
+    assert dropped == ["xgboost#2"]
+    assert board[0]["members"] == ["lightgbm#0", "xgboost#1"]
+    assert board[0]["weights"] == pytest.approx([0.625, 0.375])
+    # Time for one member only: the ensemble gives way to the single trials.
+    dropped = evaluate_step.fit_budget(board, trials, {**budget, "remainingSeconds": 1.0},
+                                       time.monotonic())  # fmt: skip
+    assert dropped == ["xgboost#1"] and all(row["name"] != "ensemble" for row in board)
+    # Time enough, or no budget from the search: nothing changes.
+    assert evaluate_step.fit_budget(board, trials, None, time.monotonic()) == []

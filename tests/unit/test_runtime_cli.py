@@ -63,3 +63,18 @@ def test_search_writes_result_json_and_only_events_on_stdout(tmp_path: Path) -> 
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [e["event"] for e in events] == ["trial", "trial"]
     assert {"number", "total", "value", "best", "learner"} <= set(events[0])
+
+
+def test_a_steps_clock_starts_with_its_process() -> None:
+    import time
+
+    from aiml024.runtime import process_started, set_step_clock, step_clock
+
+    assert process_started() <= time.monotonic()
+    before = time.monotonic()
+    assert step_clock() >= before  # no dispatcher: the step's own start
+    set_step_clock(123.0)
+    try:
+        assert step_clock() == 123.0
+    finally:
+        set_step_clock(None)

@@ -135,6 +135,8 @@ def test_the_holdout_never_reaches_the_search(tmp_path: Path) -> None:
     first = json.loads((tmp_path / "a" / "out" / "search" / "leaderboard.json").read_text())
     run_search(tmp_path / "b", poisoned, spec(trials=3))
     second = json.loads((tmp_path / "b" / "out" / "search" / "leaderboard.json").read_text())
+    for board in (first, second):  # timings differ from run to run
+        board.pop("budget")
     assert first == second
 
 
@@ -197,3 +199,37 @@ def test_caruana_blends_complementary_models() -> None:
     from aiml024.runtime.metrics import fold_score
 
     assert value > max(fold_score("auc", y, p, folds, 2) for p in (a, b))
+
+
+def test_a_trial_cut_short_by_the_deadline_is_pruned_never_ranked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiml024.runtime import search as search_module
+    from aiml024.runtime.learners import DeadlineExceeded
+
+    real = search_module.train
+
+    def train(*args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
+        if deadline is not None:  # the first trial runs without one: it always finishes
+            raise DeadlineExceeded("stopped by the deadline after 11 rounds")
+        return real(*args, deadline=deadline, **kwargs)
+
+    monkeypatch.setattr(search_module, "train", train)
+    result = run_search(tmp_path, churn_like(), spec(trials=3))
+    assert result["trialsCompleted"] == 1 and result["trialsPruned"] == 2
+    assert [row["trial"] for row in result["leaderboard"]] == [0]
+
+
+def test_the_search_leaves_evaluate_its_refit_time(tmp_path: Path) -> None:
+    from aiml024.runtime.search import EVALUATE_OVERHEAD_SECONDS
+
+    result = run_search(tmp_path, churn_like(3000), spec(trials=10_000, timeBudgetSeconds=8))
+    board = json.loads((tmp_path / "out" / "search" / "leaderboard.json").read_text())
+    budget = board["budget"]
+    refits = budget["refitSeconds"]
+    assert set(refits) == {str(r["trial"]) for r in board["rows"] if r.get("trial") is not None}
+    assert all(seconds > 0 for seconds in refits.values())
+    # Stopped at the budget less evaluate's fixed work and (some of) the refits, give or take
+    # the trial that was running.
+    assert budget["remainingSeconds"] >= EVALUATE_OVERHEAD_SECONDS - 1.0
+    assert result["elapsedSeconds"] <= 8 - EVALUATE_OVERHEAD_SECONDS + 1.5

@@ -90,7 +90,14 @@ class Search(Strict):
     sampler: Literal["tpe", "random", "cmaes", "nsga2"] = "tpe"
     trials: int = Field(default=50, ge=1, le=100_000)
     time_budget_seconds: int = Field(
-        default=300, ge=1, description="Wall-clock budget of the search step, kept by the runtime."
+        default=300,
+        ge=1,
+        description=(
+            "Wall-clock budget of the whole training, kept by the runtime: the search and the "
+            "refit of the chosen model or ensemble in evaluate, process starts included "
+            "(data loading and validation excluded). The search stops early enough to leave the "
+            "refit its estimated time; evaluate drops ensemble members whose refit would not fit."
+        ),
     )
     parallelism: int = Field(default=1, ge=1, le=64)
     learners: list[Learner] = Field(default_factory=lambda: list(DEFAULT_LEARNERS), min_length=1)

@@ -8,9 +8,43 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 _event_stream: TextIO | None = None
+_process_started: float | None = None
+
+
+def process_started() -> float:
+    """When this process started, on the time.monotonic() clock (from /proc/self/stat; else
+    the first import of this package). Steps run by `python -m aiml024.runtime` count their
+    time budget from here, so the interpreter's start and the imports count too."""
+    global _process_started
+    if _process_started is None:
+        _process_started = time.monotonic()
+        try:
+            fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+            ticks = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, since boot
+            age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks
+            if 0.0 <= age < 60.0:  # plausible: not a clock mismatch
+                _process_started -= age
+        except (OSError, ValueError, IndexError, AttributeError):
+            pass
+    return _process_started
+
+
+_step_clock: float | None = None
+
+
+def set_step_clock(started: float | None) -> None:
+    """The moment a step's time budget starts (the dispatcher passes the process start)."""
+    global _step_clock
+    _step_clock = started
+
+
+def step_clock() -> float:
+    """The step's start on the time.monotonic() clock: the dispatcher's, else now."""
+    return time.monotonic() if _step_clock is None else _step_clock
 
 
 def set_event_stream(stream: TextIO | None) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 
-from . import available_cpus
+from . import available_cpus, process_started
+
+process_started()  # before the heavy imports: a step's time budget counts them
 
 # Before numpy and the learners load: one BLAS/OpenMP pool sized to this container's CPUs.
 _threads = str(available_cpus())
@@ -25,7 +27,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
-from . import set_event_stream  # noqa: E402
+from . import set_event_stream, set_step_clock  # noqa: E402
 
 STEPS = ("ingest", "validate", "search", "evaluate", "register")
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     events = _events_only_stdout()
     set_event_stream(events)
+    set_step_clock(process_started())
     try:
         params = json.loads(args.params)
         if not isinstance(params, dict):
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         set_event_stream(None)
+        set_step_clock(None)
         events.flush()
     return 0
 

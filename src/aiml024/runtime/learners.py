@@ -107,8 +107,10 @@ class Learner:
         deadline: float | None = None,
         sample_weight: np.ndarray | None = None,
     ) -> int | None:
-        """Fit in place; boosting learners early-stop on (X_val, y_val) and stop at `deadline`
-        (time.monotonic()). Returns the number of boosting rounds kept, else None."""
+        """Fit in place; boosting learners early-stop on (X_val, y_val) and raise
+        DeadlineExceeded once `deadline` (time.monotonic()) passes: a model cut short by the
+        clock is never returned as if it had converged. Returns the number of boosting rounds
+        kept, else None."""
         if sample_weight is None:
             estimator.fit(X, y)
         elif hasattr(estimator, "steps"):  # a Pipeline: the weights go to its last step
@@ -139,6 +141,10 @@ def get_learner(name: str) -> Learner:
 
 
 MAX_ROUNDS = 5000
+
+
+class DeadlineExceeded(Exception):  # noqa: N818 - reads as what happened
+    """A boosting fit reached its deadline before it finished (or early-stopped)."""
 
 
 @register
@@ -211,11 +217,9 @@ class LightGBM(Learner):
 
 
 def _lightgbm_deadline(deadline: float) -> Any:
-    import lightgbm
-
     def stop_at_deadline(env: Any) -> None:
         if time.monotonic() > deadline:
-            raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
+            raise DeadlineExceeded(f"stopped by the deadline after {env.iteration + 1} rounds")
 
     return stop_at_deadline
 
@@ -282,10 +286,7 @@ class XGBoost(Learner):
             X, y, sample_weight=sample_weight, eval_set=[(X_val, y_val)], verbose=False
         )
         estimator.set_params(callbacks=None)
-        try:
-            return int(estimator.best_iteration) + 1
-        except AttributeError:  # stopped by the deadline before early stopping recorded a best
-            return int(estimator.get_booster().num_boosted_rounds())
+        return int(estimator.best_iteration) + 1
 
 
 def _xgboost_deadline(deadline: float) -> Any:
@@ -293,7 +294,9 @@ def _xgboost_deadline(deadline: float) -> Any:
 
     class StopAtDeadline(xgboost.callback.TrainingCallback):
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-            return time.monotonic() > deadline
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"stopped by the deadline after {epoch + 1} rounds")
+            return False
 
     return StopAtDeadline()
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
 
 PiiKind = Literal["email", "phone", "card", "ssn", "name"]
 PiiAction = Literal["mask", "drop"]
@@ -215,36 +214,51 @@ def mask_frame(df: pd.DataFrame, columns: Mapping[str, str], action: str) -> pd.
     return out
 
 
-class PiiMasker(TransformerMixin, BaseEstimator):
-    """Masks (or drops) PII columns of a DataFrame; stateless, picklable, idempotent.
+def __getattr__(name: str) -> Any:
+    """PiiMasker is built on first use: validate masks frames without loading scikit-learn."""
+    if name == "PiiMasker":
+        masker = _define_masker()
+        globals()["PiiMasker"] = masker
+        return masker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Put it first in the served pipeline so requests are masked exactly like the training data.
-    Columns the frame lacks are skipped, so a request may omit them.
-    """
 
-    def __init__(self, columns: dict[str, str] | None = None, action: PiiAction = "mask"):
-        self.columns = columns
-        self.action = action
+def _define_masker() -> type:
+    from sklearn.base import BaseEstimator, TransformerMixin
 
-    def fit(self, X: pd.DataFrame, y: object = None) -> PiiMasker:
-        if self.action not in ("mask", "drop"):
-            raise ValueError(f"PiiMasker action must be mask or drop, got {self.action!r}")
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
-            self.n_features_in_ = len(X.columns)
-        return self
+    class PiiMasker(TransformerMixin, BaseEstimator):
+        """Masks (or drops) PII columns of a DataFrame; stateless, picklable, idempotent.
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"PiiMasker needs a pandas DataFrame, got {type(X).__name__}")
-        return mask_frame(X, dict(self.columns or {}), self.action)
+        Put it first in the served pipeline so requests are masked exactly like the training data.
+        Columns the frame lacks are skipped, so a request may omit them.
+        """
 
-    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
-        names = (
-            list(input_features)
-            if input_features is not None
-            else list(getattr(self, "feature_names_in_", []))
-        )
-        if self.action == "drop":
-            names = [n for n in names if n not in (self.columns or {})]
-        return np.asarray(names, dtype=object)
+        def __init__(self, columns: dict[str, str] | None = None, action: PiiAction = "mask"):
+            self.columns = columns
+            self.action = action
+
+        def fit(self, X: pd.DataFrame, y: object = None) -> PiiMasker:
+            if self.action not in ("mask", "drop"):
+                raise ValueError(f"PiiMasker action must be mask or drop, got {self.action!r}")
+            if isinstance(X, pd.DataFrame):
+                self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+                self.n_features_in_ = len(X.columns)
+            return self
+
+        def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+            if not isinstance(X, pd.DataFrame):
+                raise TypeError(f"PiiMasker needs a pandas DataFrame, got {type(X).__name__}")
+            return mask_frame(X, dict(self.columns or {}), self.action)
+
+        def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
+            names = (
+                list(input_features)
+                if input_features is not None
+                else list(getattr(self, "feature_names_in_", []))
+            )
+            if self.action == "drop":
+                names = [n for n in names if n not in (self.columns or {})]
+            return np.asarray(names, dtype=object)
+
+    PiiMasker.__qualname__ = "PiiMasker"  # pickles name aiml024.runtime.pii.PiiMasker
+    return PiiMasker

@@ -32,7 +32,7 @@ from aiml024.api import ExperimentSpec
 
 from . import portfolio
 from .features import Featurizer
-from .learners import get_learner, infer, train
+from .learners import DeadlineExceeded, get_learner, infer, train
 from .metrics import direction_of, fold_score, parse_objective, score
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ class TrialRecord:
     value: float
     oof: np.ndarray
     best_iteration: int | None
+    fit_seconds: float | None = None  # mean seconds of one fold's fit
 
 
 @dataclass
@@ -242,6 +243,19 @@ class SearchOutcome:
     ensemble: dict[str, Any] | None = None  # {"trials", "weights", "value"}
     y: np.ndarray = field(default_factory=lambda: np.zeros(0))
     folds: list[np.ndarray] = field(default_factory=list)
+
+
+# The time budget covers the search and evaluate's refit: the search stops early enough to
+# leave the refit of its likely pick (the ensemble's candidates, each on k/(k-1) x a fold's
+# rows: ~REFIT_FACTOR x its mean fold fit) and evaluate's fixed work (interpreter and imports,
+# the baseline, the latency probe, the bundle and card: EVALUATE_OVERHEAD_SECONDS).
+REFIT_FACTOR = 1.3
+EVALUATE_OVERHEAD_SECONDS = 2.5
+
+
+def refit_seconds(record: TrialRecord) -> float:
+    """Estimated seconds to refit this trial's model on all the search rows."""
+    return REFIT_FACTOR * (record.fit_seconds or 0.0)
 
 
 # A classification target whose rarest class holds less than this share of the rows searches
@@ -288,7 +302,7 @@ class Searcher:
         self.records: dict[int, TrialRecord] = {}
         self._data, self._split = data, split
         self._cache: list[Fold] = []
-        self.deadline = math.inf
+        self.deadline = math.inf  # the end of the whole budget (search and refit)
         self.worker = worker
         self.oof_sink = oof_sink
         self.imbalanced = self.task != "regression" and is_imbalanced(self.y, self.n_classes)
@@ -303,11 +317,25 @@ class Searcher:
             X_val = featurizer.transform(X.iloc[val])
             self._cache.append(Fold(val, X_train, self.y[train], X_val, self.y[val]))
 
+    def reserve_seconds(self) -> float:
+        """Seconds the search leaves before the budget's end: evaluate's fixed work and the
+        refit of the trials it would most likely fit (the ensemble's candidates, else the
+        best), estimated from their measured fold fits."""
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        records = sorted(list(self.records.values()), key=lambda r: (sign * r.value, r.number))
+        keep = top_k(self.spec) if self.spec.search.ensemble.enabled else 1
+        return EVALUATE_OVERHEAD_SECONDS + sum(refit_seconds(r) for r in records[:keep])
+
+    def search_deadline(self) -> float:
+        """When trials must stop: the budget's end less the reserve for evaluate."""
+        return self.deadline - self.reserve_seconds()
+
     def run(
         self, study: optuna.Study, n_trials: int, deadline: float, threads: int | None = None
     ) -> SearchOutcome:
         """Run up to n_trials in this process (`threads` Optuna threads; default: the spec's
-        parallelism, for a single search process) until the deadline."""
+        parallelism, for a single search process). `deadline` ends the whole budget: trials
+        stop at `search_deadline()`, which leaves evaluate its refit."""
         self.deadline = deadline
         if not self._cache:
             self.featurize_folds()
@@ -330,33 +358,39 @@ class Searcher:
         params = learner.search_space(
             trial, learner.extra_space(self.task, self.imbalanced, self.log_target)
         )
-        first = not self.records  # the first trial always finishes, on fair shares of time
+        # Until one trial has completed, trials run to the end whatever the clock says (the
+        # first is the first warm-start configuration): evaluate always gets a sound model.
+        # Any later trial that the deadline cuts short (boosting stopped by the clock, not by
+        # early stopping, or folds left unrun) is pruned, never ranked.
+        first = not self.records
         oof = np.full((len(self.y), self.n_classes) if self.n_classes else len(self.y), np.nan)
-        values, rounds, started = [], [], time.monotonic()
+        values, rounds, fits, started = [], [], [], time.monotonic()
         for k, fold in enumerate(self._cache):
             now = time.monotonic()
-            if first:
-                fold_deadline = now + max(self.deadline - now, 0.0) / (len(self._cache) - k)
-            else:
+            fold_deadline = None if first else self.search_deadline()
+            if fold_deadline is not None:
                 spent_per_fold = (now - started) / k if k else 0.0
-                if now + spent_per_fold > self.deadline:
+                if now + spent_per_fold > fold_deadline:
                     raise optuna.TrialPruned("out of time")
-                fold_deadline = self.deadline
-            fitted, kept = train(
-                learner,
-                params,
-                self.seed,
-                self.task,
-                fold.X_train,
-                fold.y_train,
-                fold.X_val,
-                fold.y_val,
-                n_classes=self.n_classes,
-                n_jobs=self.n_jobs,
-                patience=self.spec.search.early_stopping.patience_rounds,
-                deadline=fold_deadline,
-            )
-            if not first and time.monotonic() > self.deadline:
+            try:
+                fitted, kept = train(
+                    learner,
+                    params,
+                    self.seed,
+                    self.task,
+                    fold.X_train,
+                    fold.y_train,
+                    fold.X_val,
+                    fold.y_val,
+                    n_classes=self.n_classes,
+                    n_jobs=self.n_jobs,
+                    patience=self.spec.search.early_stopping.patience_rounds,
+                    deadline=fold_deadline,
+                )
+            except DeadlineExceeded as stopped:
+                raise optuna.TrialPruned(str(stopped)) from None
+            fits.append(time.monotonic() - now)
+            if fold_deadline is not None and time.monotonic() > fold_deadline:
                 raise optuna.TrialPruned("out of time")
             pred = infer(learner, fitted, fold.X_val)
             oof[fold.val] = pred
@@ -368,15 +402,19 @@ class Searcher:
                 raise optuna.TrialPruned()
         value = float(np.mean(values))
         best_iteration = int(round(np.mean(rounds))) if rounds else None
+        fit_seconds = float(np.mean(fits))
         trial.set_user_attr("best_iteration", best_iteration)
+        trial.set_user_attr("fitSeconds", round(fit_seconds, 4))
         if self.oof_sink is not None:  # before the trial completes: no COMPLETE trial lacks it
             self.oof_sink(trial.number, oof)
         self.records[trial.number] = TrialRecord(
-            trial.number, learner.name, params, value, oof, best_iteration
+            trial.number, learner.name, params, value, oof, best_iteration, fit_seconds
         )
         return value
 
     def _report(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.records and time.monotonic() >= self.search_deadline():
+            study.stop()  # no new trial: it would only be pruned
         if self.on_trial is None:
             return
         try:
@@ -475,8 +513,9 @@ def records_from_study(
             oof = loaded
         learner, params = trial_params(trial)
         rounds = trial.user_attrs.get("best_iteration")
+        fit = trial.user_attrs.get("fitSeconds")
         records.append(
-            TrialRecord(trial.number, learner, params, float(trial.value or 0.0), oof, rounds)
+            TrialRecord(trial.number, learner, params, float(trial.value or 0.0), oof, rounds, fit)
         )
     return records
 

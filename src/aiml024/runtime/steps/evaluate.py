@@ -17,6 +17,7 @@ Inputs: `clean` (parquet), `search/` (split.json, leaderboard.json, oof/). Outpu
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from aiml024.api import ExperimentSpec
 from aiml024.api.steps import EvaluateResult
 
-from .. import available_cpus
+from .. import available_cpus, step_clock
 from ..bundle import Bundle, BundleMeta, InputColumn, save_bundle
 from ..card import build_card, render_markdown
 from ..learners import EnsembleEstimator
@@ -39,12 +40,17 @@ from ..search import DataError, TrainingData, blend, make_featurizer, split_from
 from . import StepError, spec_from
 from .search import LEADERBOARD_FILE, SPLIT_FILE, load_training, write_json
 
+log = logging.getLogger(__name__)
 SERVABLE_TYPES = ("numeric", "categorical", "datetime", "text", "boolean")
 LATENCY_REPEATS = 50
 MAX_CONSTRAINED_CANDIDATES = 4
+# What evaluate does after the refit (baseline, latency probe, bundle, card): kept free. The
+# search reserves EVALUATE_OVERHEAD_SECONDS for this and the process start + imports (~1.5 s).
+TAIL_SECONDS = 0.5
 
 
 def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
+    started = step_clock()  # the dispatcher's process start: imports count
     spec = spec_from(params)
     validate = params.get("validate") or {}
     search_dir = inputs / "search"
@@ -53,9 +59,11 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
         split = split_from_document(_read_json(search_dir / SPLIT_FILE), data)
     except DataError as error:
         raise StepError(str(error)) from None
-    board = _read_json(search_dir / LEADERBOARD_FILE)["rows"]
+    document = _read_json(search_dir / LEADERBOARD_FILE)
+    board = document["rows"]
     metric = parse_objective(spec.effective_objective)[0]
     trials = {row["trial"]: row for row in board if row.get("trial") is not None}
+    dropped_members = fit_budget(board, trials, document.get("budget"), started)
 
     pii = dict(validate.get("pii") or {})
     pii_action = (
@@ -92,6 +100,8 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     members = chosen.get("members") or [f"{chosen['learner']}#{chosen['trial']}"]
     weights = chosen.get("weights") or [1.0]
     member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
+    if dropped_members:
+        outcome["droppedMembers"] = dropped_members
     meta.learner = chosen["learner"]
     meta.members = members
     baseline = baseline_pipeline(spec, data).fit(X_train, data.y[split.train])
@@ -128,6 +138,47 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
         trial=_best_trial(board),
         holdout_rows=len(split.holdout),
     ).wire()
+
+
+def fit_budget(
+    board: list[dict[str, Any]],
+    trials: dict[int, dict[str, Any]],
+    budget: dict[str, Any] | None,
+    started: float,
+) -> list[str]:
+    """Keep the refit within timeBudgetSeconds: the search left `remainingSeconds` (counted
+    from this step's start). Ensemble members whose estimated refit would not fit are dropped,
+    the lightest first (the remaining weights are renormalized; one left makes the ensemble
+    that single trial); the ensemble row is changed in place. Returns the dropped members."""
+    ensemble = next((row for row in board if row.get("name") == "ensemble"), None)
+    if not budget or ensemble is None or "remainingSeconds" not in budget:
+        return []
+    estimates = budget.get("refitSeconds") or {}
+    available = started + float(budget["remainingSeconds"]) - TAIL_SECONDS - time.monotonic()
+    order = sorted(range(len(ensemble["members"])), key=lambda i: -ensemble["weights"][i])
+    kept: list[int] = []
+    spent = 0.0
+    for i in order:
+        cost = float(estimates.get(ensemble["members"][i].rsplit("#", 1)[1], 0.0))
+        if not kept or spent + cost <= available:
+            kept.append(i)
+            spent += cost
+    if len(kept) == len(order):
+        return []
+    dropped = [ensemble["members"][i] for i in order if i not in kept]
+    kept.sort()
+    total = sum(ensemble["weights"][i] for i in kept)
+    log.warning(
+        "refit budget: %.1fs left; dropped ensemble members %s (estimated refit too long)",
+        available,
+        ", ".join(dropped),
+    )
+    if len(kept) == 1:  # the ensemble is now that trial: compete as it, not as a blend
+        board.remove(ensemble)
+        return dropped
+    ensemble["members"] = [ensemble["members"][i] for i in kept]
+    ensemble["weights"] = [ensemble["weights"][i] / total for i in kept]
+    return dropped
 
 
 def candidate_pipeline(
@@ -329,6 +380,12 @@ def model_card(
     if pii and pii_action == "mask":
         limitations.append("Masked personal-data columns contribute only their coarse tokens.")
     outcome = outcome or {"constrained": False}
+    if outcome.get("droppedMembers"):
+        limitations.append(
+            "Ensemble members left out to keep timeBudgetSeconds (their refit would not fit): "
+            + ", ".join(outcome["droppedMembers"])
+            + "."
+        )
     if outcome["constrained"]:
         wanted = ", ".join(f"{k} <= {v}" for k, v in outcome["limits"].items())
         if outcome["met"]:

@@ -36,7 +36,7 @@ from aiml024.api import ExperimentSpec
 from aiml024.api.experiment import Trial
 from aiml024.api.steps import LeaderboardRow, SearchResult
 
-from .. import available_cpus, emit_event, portfolio
+from .. import available_cpus, emit_event, portfolio, step_clock
 from ..search import (
     DataError,
     Searcher,
@@ -48,6 +48,7 @@ from ..search import (
     make_split,
     open_storage,
     records_from_study,
+    refit_seconds,
     split_document,
     top_k,
     training_data,
@@ -61,7 +62,8 @@ LEADERBOARD_FILE = "leaderboard.json"
 
 
 def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
-    started = time.monotonic()
+    # The budget counts from the process start (the dispatcher's clock): imports included.
+    started = step_clock()
     spec = spec_from(params)
     if params.get("worker") is not None:
         return run_worker(params, spec, inputs, started)
@@ -231,12 +233,26 @@ def finish(
         )
 
     rows = leaderboard(outcome, spec.search.ensemble.size)
+    budget = spec.search.time_budget_seconds
+    in_board = {row.trial for row in rows if row.trial is not None}
     write_json(
         out / LEADERBOARD_FILE,
         {
             "metric": spec.effective_objective,
             "classes": data.classes,
             "rows": [row.wire() for row in rows],
+            # What evaluate may still spend of timeBudgetSeconds (counted from its own start),
+            # and each candidate's estimated refit seconds, to drop what would not fit.
+            "budget": {
+                "timeBudgetSeconds": budget,
+                "searchSeconds": round(time.monotonic() - started, 3),
+                "remainingSeconds": round(max(0.0, started + budget - time.monotonic()), 3),
+                "refitSeconds": {
+                    str(r.number): round(refit_seconds(r), 3)
+                    for r in outcome.records
+                    if r.number in in_board and r.fit_seconds is not None
+                },
+            },
         },
     )
     (out / "oof").mkdir(exist_ok=True)
