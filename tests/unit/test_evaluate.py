@@ -164,3 +164,24 @@ def test_ensemble_members_that_would_overrun_the_budget_are_dropped() -> None:
     assert dropped == ["xgboost#1"] and all(row["name"] != "ensemble" for row in board)
     # Time enough, or no budget from the search: nothing changes.
     assert evaluate_step.fit_budget(board, trials, None, time.monotonic()) == []
+
+
+def test_same_seed_data_and_spec_give_the_same_bundle_digest(tmp_path: Path) -> None:
+    """Run sequentially with a trial cap well inside the budget, training is reproducible."""
+    clean = churn_like(600, strength=2.5)
+    digests = []
+    for attempt in ("first", "second"):
+        root = tmp_path / attempt
+        (root / "in").mkdir(parents=True)
+        clean.to_parquet(root / "in" / "clean")
+        params: dict[str, Any] = {
+            "experiment": "churn",
+            "workflow": "churn-g1",
+            "codeVersion": "0.1.0",
+            "spec": spec(trials=3, learners=["lightgbm"]),
+            "ingest": {"uri": "churn.csv", "rows": 600, "fingerprint": "f" * 64},
+            "validate": {"types": TYPES, "pii": {}, "piiAction": "none"},
+        }
+        params["search"] = search_step.run(params, root / "in", root / "in")
+        digests.append(evaluate_step.run(params, root / "in", root / "out")["sha256"])
+    assert digests[0] == digests[1]
