@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from tests.unit.test_search import TYPES, churn_like
+from tests.unit.test_search import spec as search_spec
 
 from aiml024.runtime.steps import search as search_step
 
@@ -80,20 +81,10 @@ def postgres_url() -> Iterator[str]:
 
 
 def spec(**search: Any) -> dict[str, Any]:
-    return {
-        "task": "classification",
-        "data": {"uri": "churn.csv"},
-        "target": "churned",
-        "idColumn": "customer_id",
-        "split": {"folds": 3},
-        "search": {
-            "trials": TRIALS,
-            "timeBudgetSeconds": 120,
-            "parallelism": 2,
-            "learners": ["lightgbm", "linear"],
-            **search,
-        },
-    }
+    """The search tests' spec, with two workers sharing the study."""
+    shared = {"trials": TRIALS, "timeBudgetSeconds": 120, "parallelism": 2,
+              "learners": ["lightgbm", "linear"]}  # fmt: skip
+    return search_spec(**{**shared, **search})
 
 
 def params(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
