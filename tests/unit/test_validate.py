@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import EXAMPLES
+from tests.unit.test_ingest import params_for
 
 from aiml024.api.data_steps import ValidateResult
 from aiml024.runtime.steps import StepError, ingest, validate
@@ -18,21 +19,7 @@ CHURN = EXAMPLES / "churn" / "data" / "churn.csv.gz"
 
 
 def params(**spec_fields) -> dict:
-    spec = {
-        "task": "classification",
-        "data": {"uri": "unused.csv"},
-        "target": "label",
-        "split": {"folds": 3},
-        **spec_fields,
-    }
-    return {
-        "experiment": "t",
-        "spec": spec,
-        "artifactStore": "",
-        "studyStorage": "",
-        "codeVersion": "0",
-        "workflow": "t-g1",
-    }
+    return params_for("unused.csv", **{"split": {"folds": 3}, **spec_fields})
 
 
 def frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
