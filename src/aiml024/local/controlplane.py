@@ -261,7 +261,7 @@ class LocalControlPlane:
         progress.message(f"starting MLServer for deployment {name}")
         predictors = [
             model_server.Predictor(
-                name=f"{p.model}", role=p.role, bundle_dir=self._local_bundle(p.artifact_uri),
+                name=p.model, role=p.role, bundle_dir=self._local_bundle(p.artifact_uri),
                 sha256=p.sha256, weight=p.weight, deployment=name, shadow=p.shadow,
             )
             for p in plan
