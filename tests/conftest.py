@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.schema_validation import SCHEMAS
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-# ../shared/schemas beside the checkout; AIML024_SCHEMAS overrides for other layouts.
-SCHEMAS = Path(os.environ.get("AIML024_SCHEMAS", REPO.parent / "shared" / "schemas"))
 
 
 @pytest.fixture(scope="session")
@@ -21,5 +20,8 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def schemas_dir() -> Path:
     if not SCHEMAS.is_dir():
-        pytest.fail(f"upstream schemas not found at {SCHEMAS}; they come with ../shared/")
+        pytest.fail(
+            f"upstream schemas not found at {SCHEMAS}; they come with ../shared/ "
+            "(or set AIML024_SCHEMAS)"
+        )
     return SCHEMAS

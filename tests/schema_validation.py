@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,11 @@ from typing import Any, cast
 
 import jsonschema  # type: ignore[import-untyped]
 import yaml
+
+# The upstream schemas: ../shared/schemas beside the checkout, or AIML024_SCHEMAS elsewhere.
+SCHEMAS = Path(
+    os.environ.get("AIML024_SCHEMAS", Path(__file__).resolve().parents[2] / "shared" / "schemas")
+)
 
 Schema = dict[str, Any]
 

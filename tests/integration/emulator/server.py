@@ -42,10 +42,9 @@ from typing import Any
 import jsonpatch
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
-from tests.schema_validation import validate_against_crd
+from tests.schema_validation import SCHEMAS, validate_against_crd
 
 REPO = Path(__file__).resolve().parents[3]
-SCHEMAS = REPO.parent / "shared" / "schemas"
 DEFAULT_CRDS = [
     *sorted((REPO / "crds").glob("*.yaml")),
     SCHEMAS / "argo-workflows" / "argoproj.io_workflows.yaml",
