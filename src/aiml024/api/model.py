@@ -59,10 +59,17 @@ class PolicyDecision(Strict):
 
 
 class Approval(Strict):
+    """One approval that counts: who (a verified signer or an authenticated user), for what."""
+
     user: str
     stage: Stage
     at: datetime
     comment: str = ""
+    groups: list[str] = Field(
+        default_factory=list, description="The approver's groups (from the approvers registry)."
+    )
+    key_id: str | None = Field(default=None, description="The signing key, for signed approvals.")
+    sha256: str | None = Field(default=None, description="The artifact digest approved.")
 
 
 class Evidence(Strict):
