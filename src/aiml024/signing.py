@@ -760,6 +760,35 @@ def verified_approvals(
     return counted, ignored
 
 
+def sign_approval(
+    model: str,
+    namespace: str,
+    sha256: str,
+    stage: str,
+    comment: str,
+    key: str | None,
+    keys_dir: Path | None = None,
+    now: datetime | None = None,
+) -> SignedApproval:
+    """Sign an approval with the user's key: `key` is `--key` (a key id or a key file); by
+    default the only key in the keys dir. Raises SigningError with a one-line message (no key,
+    several keys, unreadable key, a stage that cannot be approved)."""
+    private, _ = find_key(key, keys_dir)
+    try:
+        statement = ApprovalStatement(
+            model=model,
+            namespace=namespace,
+            sha256=sha256,
+            stage=stage,
+            at=now or datetime.now(UTC),
+            comment=comment,
+        )
+    except ValidationError as error:
+        problems = "; ".join(describe_validation_error(error))
+        raise SigningError(f"cannot sign this approval: {problems}") from None
+    return sign(statement, private)
+
+
 # --- carrying an approval to the cluster -------------------------------------------------------
 
 

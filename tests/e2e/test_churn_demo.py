@@ -43,7 +43,7 @@ def test_apply_trains_gates_and_serves_within_three_minutes(demo) -> None:
 
 def test_tuned_model_beats_the_default_lightgbm_baseline(demo) -> None:
     cli, *_ = demo
-    model = get(cli, "model", "churn-model")
+    model = get(cli, "model", "churn-model-v1")
     status = model["status"]
     assert status["primaryMetric"] == "auc"
     assert status["metrics"]["auc"] > status["baselineMetrics"]["auc"]
@@ -76,7 +76,7 @@ def test_describe_tells_the_story(demo) -> None:
     cli, *_ = demo
     page = cli("describe", "experiment", "churn").out
     assert "Leaderboard" in page and "WorkflowCreated" in page and "ModelRegistered" in page
-    model_page = cli("describe", "model", "churn-model").out
+    model_page = cli("describe", "model", "churn-model-v1").out
     assert "baseline" in model_page and "Policy:" in model_page
 
 
@@ -94,7 +94,7 @@ def test_both_protocols_answer(demo) -> None:
     assert prediction["customer_id"] == "C-TEST-1"
     assert prediction["label"] in (0, 1) and 0.0 <= prediction["score"] <= 1.0
     assert body["latency_ms"] > 0
-    v2 = httpx.post(f"{endpoint}/v2/models/churn-model/infer", timeout=30, json={
+    v2 = httpx.post(f"{endpoint}/v2/models/churn-model-v1/infer", timeout=30, json={
         "parameters": {"content_type": "pd"},
         "inputs": [{"name": "tenure_months", "datatype": "FP64", "shape": [1], "data": [2]},
                    {"name": "contract", "datatype": "BYTES", "shape": [1], "data": ["month-to-month"]}],
@@ -107,14 +107,14 @@ def test_both_protocols_answer(demo) -> None:
 def test_production_needs_policy_and_another_persons_approval(demo) -> None:
     cli, *_ = demo
     author = os.environ.get("AIML024_USER") or __import__("getpass").getuser()
-    asked = cli("promote", "model/churn-model", "--stage", "production")
+    asked = cli("promote", "model/churn-model-v1", "--stage", "production")
     assert asked.code == 0, asked.err
     assert "require_approval" in asked.out
-    own = cli("approve", "model/churn-model", "--stage", "production", user=author)
+    own = cli("approve", "model/churn-model-v1", "--stage", "production", user=author)
     assert own.code == 1 and "cannot approve it (four eyes" in own.err
-    other = cli("approve", "model/churn-model", "--stage", "production", user="risk-officer")
+    other = cli("approve", "model/churn-model-v1", "--stage", "production", user="risk-officer")
     assert other.code == 0, other.err
-    model = get(cli, "model", "churn-model")
+    model = get(cli, "model", "churn-model-v1")
     assert model["status"]["stage"] == "production"
     assert [a["user"] for a in model["status"]["approvals"]] == ["risk-officer"]
 
@@ -149,7 +149,7 @@ def test_delete_stops_the_model_server(demo) -> None:
     # The Experiment's Workflows and step directories go with it; the Model version stays.
     assert not list((home / "objects" / "workflows").rglob("*.json"))
     assert not (home / "runs" / "churn-g1").exists()
-    assert cli("get", "model", "churn-model").code == 0
+    assert cli("get", "model", "churn-model-v1").code == 0
 
 
 def test_compile_prints_the_cluster_manifests(tmp_path: Path) -> None:

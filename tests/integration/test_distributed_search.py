@@ -91,6 +91,8 @@ def params(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "experiment": "churn",
         "workflow": "churn-g1",
+        "namespace": "default",
+        "experimentUid": "uid-churn",
         "spec": the_spec,
         "artifactStore": (tmp / "store").as_uri(),
         "validate": {"types": TYPES},
@@ -105,10 +107,22 @@ def run_workers(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> list[dict[
     env = dict(os.environ, OMP_NUM_THREADS="1")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "aiml024.runtime", "search",
-             "--params", json.dumps(params(tmp, the_spec, worker=w, **extra)),
-             "--inputs", str(tmp / "in"), "--outputs", str(tmp / f"worker-{w}")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "aiml024.runtime",
+                "search",
+                "--params",
+                json.dumps(params(tmp, the_spec, worker=w, **extra)),
+                "--inputs",
+                str(tmp / "in"),
+                "--outputs",
+                str(tmp / f"worker-{w}"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for w in range(2)
     ]
@@ -148,7 +162,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str)
 
     import optuna
 
-    study = optuna.load_study(study_name="churn-g1", storage=postgres_url)
+    study = optuna.load_study(study_name="default.churn.uid-churn.churn-g1", storage=postgres_url)
     assert sorted(t.number for t in study.trials) == list(range(TRIALS))
     assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
 
@@ -156,7 +170,9 @@ def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str)
 def test_two_workers_share_a_locked_journal_file_without_a_database(tmp_path: Path) -> None:
     the_spec = spec()
     workers = run_workers(tmp_path, the_spec)
-    merged = search_step.run(params(tmp_path, the_spec, merge=True), tmp_path / "in", tmp_path / "out")
+    merged = search_step.run(
+        params(tmp_path, the_spec, merge=True), tmp_path / "in", tmp_path / "out"
+    )
     check_shared(tmp_path, workers, merged)
     assert (tmp_path / "out" / "search" / "study.journal").exists()
 
@@ -166,7 +182,13 @@ def test_a_journal_on_object_storage_is_refused_with_a_clear_error(tmp_path: Pat
 
     with pytest.raises(StepError, match="needs a study-storage URL"):
         search_step.shared_storage(
-            {"artifactStore": "memory://bucket", "experiment": "e", "workflow": "e-g1"}
+            {
+                "artifactStore": "memory://bucket",
+                "experiment": "e",
+                "workflow": "e-g1",
+                "namespace": "default",
+                "experimentUid": "uid-e",
+            }
         )
 
 

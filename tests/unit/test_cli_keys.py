@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from aiml024 import signing
-from aiml024.cli.keys import app, sign_approval_cli
+from aiml024.cli.keys import app
 from aiml024.signing import SigningError
+from aiml024.signing import sign_approval as sign_approval_cli
 
 SHA = "c" * 64
 runner = CliRunner()

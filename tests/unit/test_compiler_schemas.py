@@ -62,7 +62,7 @@ VARIANTS = {
 }
 MODELS = {
     name: ServedModel(name, f"s3://b/models/{name}", DIGEST, "classification")
-    for name in ("churn-model", "churn-model-2")
+    for name in ("churn-model-v1", "churn-model-2")
 }
 OPTIONS = CompileOptions(image="registry.example/aiml024:1", image_pull_policy="Always")
 

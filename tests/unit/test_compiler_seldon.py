@@ -20,7 +20,7 @@ from aiml024.compiler import (
 DIGEST = "ab" * 32
 MODELS = {
     name: ServedModel(name, f"s3://bucket/models/{name}", DIGEST, "classification")
-    for name in ("churn-model", "churn-model-2")
+    for name in ("churn-model-v1", "churn-model-2")
 }
 
 
@@ -100,9 +100,9 @@ class TestSeldonDeployment:
         assert container["image"] == CompileOptions().image
         assert env(stable) == {
             "MLSERVER_MODEL_NAME": "churn",
-            "MLSERVER_MODEL_VERSION": "churn-model",
+            "MLSERVER_MODEL_VERSION": "churn-model-v1",
             "MLSERVER_MODEL_IMPLEMENTATION": "aiml024.runtime.serving.Aiml024Runtime",
-            "MLSERVER_MODEL_URI": "s3://bucket/models/churn-model",
+            "MLSERVER_MODEL_URI": "s3://bucket/models/churn-model-v1",
             "AIML024_MODEL_SHA256": DIGEST,
             "AIML024_DEPLOYMENT": "churn",
         }
@@ -139,7 +139,7 @@ class TestSeldonDeployment:
 
     def test_unregistered_model_is_a_compile_error(self) -> None:
         with pytest.raises(CompileError, match="churn-model-2"):
-            compile_deployment(deployment(CANARY), {"churn-model": MODELS["churn-model"]})
+            compile_deployment(deployment(CANARY), {"churn-model-v1": MODELS["churn-model-v1"]})
 
 
 class TestMonitoring:
@@ -174,7 +174,7 @@ class TestCompileObjects:
         options = CompileOptions(artifact_store="s3://store")
         sdep = compile_objects([deployment()], options)[0]
         stable = sdep["spec"]["predictors"][0]
-        assert env(stable)["MLSERVER_MODEL_URI"] == "s3://store/models/churn-model"
+        assert env(stable)["MLSERVER_MODEL_URI"] == "s3://store/models/churn-model-v1"
         assert "AIML024_MODEL_SHA256" not in env(stable)
 
     def test_registered_model_among_the_objects_is_served(self) -> None:
@@ -182,10 +182,10 @@ class TestCompileObjects:
             {
                 "apiVersion": "aiml024.io/v1alpha1",
                 "kind": "Model",
-                "metadata": {"name": "churn-model"},
+                "metadata": {"name": "churn-model-v1"},
                 "spec": {
                     "task": "classification",
-                    "source": {"artifactUri": "s3://b/churn-model", "sha256": DIGEST},
+                    "source": {"artifactUri": "s3://b/churn-model-v1", "sha256": DIGEST},
                 },
             }
         )

@@ -131,6 +131,8 @@ class TestContainers:
             params = json.loads(substitute(by_name[step]["container"]["args"][1], values | inputs))
             assert params == {
                 "experiment": "churn",
+                "namespace": "default",
+                "experimentUid": "",  # unknown until the API server stores the Experiment
                 "spec": exp.spec.wire(),
                 "artifactStore": "s3://aiml024-artifacts",
                 "studyStorage": "",

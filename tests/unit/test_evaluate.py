@@ -35,6 +35,8 @@ def evaluated(
     params: dict[str, Any] = {
         "experiment": "churn",
         "workflow": "churn-g1",
+        "namespace": "default",
+        "experimentUid": "uid-churn",
         "codeVersion": "0.1.0",
         "spec": {
             **spec(trials=5),
@@ -130,6 +132,8 @@ def test_regression_evaluates_rmse_mae_r2(tmp_path: Path) -> None:
     params: dict[str, Any] = {
         "experiment": "e",
         "workflow": "e-g1",
+        "namespace": "default",
+        "experimentUid": "uid-e",
         "spec": {**spec(trials=2), "task": "regression"},
         "validate": {"types": {**TYPES, "churned": "numeric"}},
     }
@@ -177,6 +181,8 @@ def test_same_seed_data_and_spec_give_the_same_bundle_digest(tmp_path: Path) -> 
         params: dict[str, Any] = {
             "experiment": "churn",
             "workflow": "churn-g1",
+            "namespace": "default",
+            "experimentUid": "uid-churn",
             "codeVersion": "0.1.0",
             "spec": spec(trials=3, learners=["lightgbm"]),
             "ingest": {"uri": "churn.csv", "rows": 600, "fingerprint": "f" * 64},

@@ -35,6 +35,8 @@ def params_for(uri: str, **spec_fields) -> dict:
     spec = {"task": "classification", "data": {"uri": uri}, "target": "label", **spec_fields}
     return {
         "experiment": "t",
+        "namespace": "default",
+        "experimentUid": "0b6a7c9e-1d2f-4e3a-9b8c-7d6e5f4a3b21",
         "spec": spec,
         "artifactStore": "",
         "studyStorage": "",

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aiml024.api import Deployment, Experiment, Model
+from aiml024.api import Deployment, Experiment, Model, SpecError
 from aiml024.policy import GateResult
+from aiml024.reconcile import approvals as approval_rules
 from aiml024.reconcile import deployment as deployment_rules
 from aiml024.reconcile import experiment as experiment_rules
 from aiml024.reconcile import model as model_rules
@@ -100,19 +101,22 @@ def test_invalid_spec_is_a_permanent_ready_false() -> None:
     assert ready is not None and ready.reason == "InvalidSpec" and status.observed_generation == 3
 
 
-def test_registered_model_only_after_success() -> None:
-    manifest = {"apiVersion": "aiml024.io/v1alpha1", "kind": "Model", "metadata": {"name": "m"}}
-    nodes = {"r": node("register", "Succeeded", {"model": manifest})}
-    assert experiment_rules.registered_model({"phase": "Succeeded", "nodes": nodes}) == manifest
-    assert experiment_rules.registered_model({"phase": "Running", "nodes": nodes}) is None
-
-
-def model(stage: str = "production", owner: str = "alice", sha: str = "a" * 64) -> Model:
+def model(
+    stage: str = "production", owner: str = "alice", sha: str = "a" * 64, at: str = "staging"
+) -> Model:
     return Model.model_validate({
         "metadata": {"name": "churn-model", "generation": 1},
         "spec": {"source": {"experiment": "churn"}, "task": "classification", "stage": stage, "owner": owner},
-        "status": {"artifactUri": "file:///a/bundle", "sha256": sha, "stage": "staging"},
+        "status": {"artifactUri": "file:///a/bundle", "sha256": sha, "stage": at},
     })  # fmt: skip
+
+
+def decided(m: Model, decision: str = "allow", stage: str = "production") -> Model:
+    """`m` as the control plane leaves it after the gate decided `decision` for `stage`."""
+    m = m.model_copy(deep=True)
+    m.spec.stage = stage  # type: ignore[assignment]
+    m.status = model_rules.status_after_gate(m, gate(decision, stage=stage), T0)
+    return m
 
 
 def gate(
@@ -150,9 +154,45 @@ def test_require_approval_waits() -> None:
 
 def test_four_eyes() -> None:
     assert "cannot approve it" in (
-        model_rules.approval_problem(model(owner="alice"), "Alice", "production") or ""
+        approval_rules.approval_problem(model(owner="alice"), "Alice", "production", []) or ""
     )
-    assert model_rules.approval_problem(model(owner="alice"), "bob", "production") is None
+    assert approval_rules.approval_problem(model(owner="alice"), "bob", "production", []) is None
+
+
+def test_a_stage_comes_down_when_the_policy_no_longer_allows_it() -> None:
+    production = model(at="production")
+    for decision in ("deny", "require_approval"):
+        after = model_rules.status_after_gate(production, gate(decision), T0)
+        assert after.stage == "staging", decision
+    staging_denied = model_rules.status_after_gate(
+        model(stage="staging", at="production"), gate("deny", stage="staging"), T0
+    )
+    assert staging_denied.stage == "none"
+    # Below the refused stage nothing moves; archiving never demotes.
+    assert model_rules.status_after_gate(model(), gate("require_approval"), T0).stage == "staging"
+    archived = model(stage="archived", at="production")
+    assert model_rules.status_after_gate(archived, gate("deny", stage="archived"), T0).stage == (
+        "production"
+    )
+
+
+def test_the_decision_names_the_digest_it_was_made_for() -> None:
+    status = model_rules.status_after_gate(model(sha="c" * 64), gate("allow"), T0)
+    assert status.policy is not None and status.policy.sha256 == "c" * 64
+
+
+def test_approvals_count_only_for_the_digest_they_name() -> None:
+    m = model(owner="alice")
+    record = {"user": "bob", "stage": "production", "at": "2026-01-01T00:00:00Z"}
+    counted, ignored = approval_rules.counted_approvals(m, [{**record, "sha256": "a" * 64}])
+    assert [a.user for a in counted] == ["bob"] and not ignored
+    for other in ({**record, "sha256": "b" * 64}, record):  # another artifact, or none named
+        counted, ignored = approval_rules.counted_approvals(m, [other])
+        assert not counted and "approval was for artifact" in ignored[0]
+    unregistered = model()
+    unregistered.status = None
+    _, problem = approval_rules.approval_record(unregistered, "bob", "production", T0)
+    assert problem is not None and "nothing to approve" in problem
 
 
 def deployment(**strategy: object) -> Deployment:
@@ -163,7 +203,7 @@ def deployment(**strategy: object) -> Deployment:
 
 
 def test_plan_splits_traffic_by_the_canary_weight() -> None:
-    models = {"churn-model": model(), "churn-v2": model(sha="b" * 64)}
+    models = {"churn-model": decided(model()), "churn-v2": decided(model(sha="b" * 64))}
     plan = deployment_rules.plan_predictors(
         deployment(type="canary", canary={"model": "churn-v2", "weight": 20}), models
     )
@@ -181,16 +221,34 @@ def test_plan_waits_for_a_registered_model_in_the_required_stage() -> None:
     with pytest.raises(deployment_rules.NotServable, match="model churn-model not found"):
         deployment_rules.plan_predictors(deployment(), {})
     dep = deployment()
-    dep.spec.require_stage = "production"
-    with pytest.raises(
-        deployment_rules.NotServable, match="in stage staging, the deployment requires production"
-    ):
-        deployment_rules.plan_predictors(dep, {"churn-model": model()})
+    assert dep.spec.require_stage == "production"  # the default
+    staging = decided(model(), stage="staging")
+    with pytest.raises(deployment_rules.NotServable, match="allow for stage staging"):
+        deployment_rules.plan_predictors(dep, {"churn-model": staging})
+    dep.spec.require_stage = "staging"
+    assert deployment_rules.plan_predictors(dep, {"churn-model": staging})
+
+
+def test_only_the_platforms_recorded_decision_makes_a_model_servable() -> None:
+    """A status that claims production without an allow for that digest serves nothing."""
+    claimed = model(at="production")  # stage written, no decision recorded
+    assert "no recorded policy decision" in (
+        deployment_rules.servable_problem(claimed, "production") or ""
+    )
+    swapped = decided(model())
+    assert swapped.status is not None
+    swapped.status.sha256 = "f" * 64  # the artifact changed after the decision
+    assert "another artifact digest" in (
+        deployment_rules.servable_problem(swapped, "production") or ""
+    )
+    waiting = decided(model(), "require_approval")
+    assert "require_approval" in (deployment_rules.servable_problem(waiting, "production") or "")
+    assert deployment_rules.servable_problem(decided(model()), "production") is None
 
 
 def test_deployment_status_records_endpoint_and_split() -> None:
     dep = deployment()
-    plan = deployment_rules.plan_predictors(dep, {"churn-model": model()})
+    plan = deployment_rules.plan_predictors(dep, {"churn-model": decided(model())})
     status = deployment_rules.deployment_status(dep, plan, "http://127.0.0.1:9000", T0)
     assert status.phase == "Serving" and status.endpoint == "http://127.0.0.1:9000"
     assert status.traffic == {"stable": 100}
@@ -219,9 +277,56 @@ def test_gate_event_reports_denials_as_warnings_with_the_rules() -> None:
     )  # fmt: skip
 
 
-def test_the_registered_model_is_owned_by_the_experiments_author_whatever_the_step_says() -> None:
-    exp = experiment()
-    exp.metadata.annotations["aiml024.io/applied-by"] = "alice"
+def record(exp: Experiment, store: str = "s3://store", **status: object) -> dict:
+    """A register step's record for `exp`'s run, with a forged stage, approvals and owner."""
+    root = experiment_rules.registration_uri(store, exp, "churn-g1").removesuffix(
+        "/registration.json"
+    )
     manifest = model(owner="mallory").wire()
-    registered = experiment_rules.model_to_register(exp, manifest)
-    assert registered.spec.owner == "alice"
+    manifest["metadata"] = {
+        "name": "prod-model",
+        "labels": {"team": "x"},
+        "annotations": {"aiml024.io/approvals": '[{"user":"bob","stage":"production"}]'},
+    }
+    manifest["status"] |= {
+        "artifactUri": f"{root}/bundle",
+        "evidence": {"modelCardUri": f"{root}/card/model_card.md"},
+        "stage": "production",
+        "approvals": [{"user": "bob", "stage": "production", "at": "2026-01-01T00:00:00Z"}],
+        **status,
+    }
+    return {"model": manifest, "artifactUri": f"{root}/bundle", "modelCardUri": "x"}
+
+
+def test_the_registered_model_takes_only_evidence_from_the_record() -> None:
+    exp = experiment(generation=2)
+    exp.metadata.namespace, exp.metadata.uid = "ml", "uid-1"
+    exp.metadata.annotations["aiml024.io/applied-by"] = "alice"
+    registered = experiment_rules.model_to_register(exp, record(exp), "s3://store", "churn-g1")
+    assert registered.metadata.name == "churn-model-v2"  # per generation; not the record's name
+    assert registered.metadata.annotations == {}
+    assert registered.spec.owner == "alice" and registered.spec.stage == "staging"
+    assert registered.status is not None
+    assert registered.status.stage == "none" and registered.status.approvals == []
+    assert registered.status.sha256 == "a" * 64
+    assert registered.status.artifact_uri == "s3://store/ml/churn/uid-1/churn-g1/bundle"
+
+
+def test_a_record_naming_artifacts_outside_its_run_is_refused() -> None:
+    exp = experiment()
+    exp.metadata.namespace, exp.metadata.uid = "ml", "uid-1"
+    for forged in ("s3://store/other-ns/churn/uid-9/churn-g1/bundle", "s3://evil/bundle"):
+        with pytest.raises(SpecError, match="is not under this run's artifacts"):
+            experiment_rules.model_to_register(
+                exp, record(exp, artifactUri=forged), "s3://store", "churn-g1"
+            )
+
+
+def test_a_registered_version_is_never_replaced() -> None:
+    exp = experiment()
+    exp.metadata.namespace, exp.metadata.uid = "ml", "uid-1"
+    first = experiment_rules.model_to_register(exp, record(exp), "s3://store", "churn-g1")
+    assert experiment_rules.registration_conflict(first, first) is None
+    exp.metadata.uid = "uid-2"  # deleted and re-created: same names, another run
+    again = experiment_rules.model_to_register(exp, record(exp), "s3://store", "churn-g1")
+    assert "never replaced" in (experiment_rules.registration_conflict(first, again) or "")

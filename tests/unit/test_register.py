@@ -17,6 +17,7 @@ from aiml024.runtime.bundle import BundleMeta, InputColumn, save_bundle
 from aiml024.runtime.steps import StepError
 from aiml024.runtime.steps import register as register_step
 
+UID = "5c1d0b7e-8f3a-4a1b-9c2d-0e4f6a8b1c3d"
 SPEC = {
     "task": "classification",
     "data": {"uri": "s3://data/churn.csv"},
@@ -40,6 +41,8 @@ def artifacts(tmp: Path) -> tuple[Path, dict[str, Any]]:
     (inputs / "card" / "model_card.json").write_text("{}\n")
     params = {
         "experiment": "churn",
+        "namespace": "ml",
+        "experimentUid": UID,
         "workflow": "churn-g1",
         "codeVersion": "0.1.0",
         "spec": SPEC,
@@ -78,25 +81,64 @@ def artifacts(tmp: Path) -> tuple[Path, dict[str, Any]]:
     return inputs, params
 
 
-@pytest.mark.parametrize("store", ["memory://registry", "local"])
+@pytest.mark.parametrize("store", ["memory", "local"])
 def test_register_copies_the_bundle_and_verifies_its_digest(tmp_path: Path, store: str) -> None:
     inputs, params = artifacts(tmp_path)
-    params["artifactStore"] = str(tmp_path / "store") if store == "local" else store
+    local = str(tmp_path / "store")
+    params["artifactStore"] = local if store == "local" else f"memory://{tmp_path.name}"
     result = register_step.run(params, inputs, tmp_path / "out")
     uri = result["artifactUri"]
-    assert uri.endswith("/churn/churn-g1/bundle")
+    assert uri.endswith(f"/ml/churn/{UID}/churn-g1/bundle")
     fs, root = fsspec.core.url_to_fs(uri)
     assert sorted(p.rsplit("/", 1)[1] for p in fs.find(root)) == ["bundle.json", "model.joblib"]
     assert register_step.remote_digest(fs, root) == params["evaluate"]["sha256"]
     card_fs, card = fsspec.core.url_to_fs(result["modelCardUri"])
     assert card_fs.cat_file(card) == b"# card\n"
-    # Registering again (a retried step) replaces the copy and succeeds.
+    # The control planes read the registration from the store, next to the bundle.
+    record_fs, record = fsspec.core.url_to_fs(uri.removesuffix("/bundle") + "/registration.json")
+    assert json.loads(record_fs.cat_file(record)) == result
+    # Registering again (a retried step) writes the same bytes and succeeds.
     assert register_step.run(params, inputs, tmp_path / "out") == result
+
+
+def test_a_registered_bundle_is_never_replaced(tmp_path: Path) -> None:
+    """Another run that resolves to the same path (it cannot, with the uid in it, but a
+    misconfigured store might) fails instead of overwriting what a Model names."""
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = str(tmp_path / "store")
+    first = register_step.run(params, inputs, tmp_path / "out")
+    bundle = Path(first["artifactUri"])
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    other_inputs, other = artifacts(tmp_path / "other")
+    (other_inputs / "bundle" / "bundle.json").write_text("{}")
+    other["evaluate"]["sha256"] = register_step.bundle_digest(other_inputs / "bundle")
+    other["artifactStore"] = params["artifactStore"]
+    with pytest.raises(StepError, match="already holds other content"):
+        register_step.run(other, other_inputs, tmp_path / "out2")
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_two_namespaces_and_a_recreated_experiment_get_their_own_paths(tmp_path: Path) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = str(tmp_path / "store")
+    uris = set()
+    for namespace, uid in (("ml", UID), ("risk", UID), ("ml", "another-uid")):
+        run = {**params, "namespace": namespace, "experimentUid": uid}
+        uris.add(register_step.run(run, inputs, tmp_path / "out")["artifactUri"])
+    assert len(uris) == 3
+
+
+def test_a_run_without_its_identity_is_refused(tmp_path: Path) -> None:
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = str(tmp_path / "store")
+    del params["experimentUid"]
+    with pytest.raises(StepError, match="'experimentUid'"):
+        register_step.run(params, inputs, tmp_path / "out")
 
 
 def test_register_describes_the_model_version(tmp_path: Path) -> None:
     inputs, params = artifacts(tmp_path)
-    params["artifactStore"] = "memory://registry/"
+    params["artifactStore"] = f"memory://{tmp_path.name}/"
     manifest = register_step.run(params, inputs, tmp_path / "out")["model"]
     model = Model.model_validate(manifest)
     assert model.metadata.name == "churn-model"
@@ -104,7 +146,7 @@ def test_register_describes_the_model_version(tmp_path: Path) -> None:
     assert model.spec.source.experiment == "churn" and model.spec.source.trial == 3
     assert model.spec.stage == "staging" and model.spec.task == "classification"
     status = model.status
-    assert status.artifact_uri == "memory://registry/churn/churn-g1/bundle"
+    assert status.artifact_uri == f"memory://{tmp_path.name}/ml/churn/{UID}/churn-g1/bundle"
     assert status.sha256 == params["evaluate"]["sha256"]
     assert status.metrics == {"auc": 0.9} and status.baseline_metrics == {"auc": 0.8}
     assert status.evidence.model_card_complete and status.evidence.pii_columns == ["email"]
@@ -121,7 +163,7 @@ def test_register_describes_the_model_version(tmp_path: Path) -> None:
 
 def test_a_changed_bundle_is_refused(tmp_path: Path) -> None:
     inputs, params = artifacts(tmp_path)
-    params["artifactStore"] = "memory://registry"
+    params["artifactStore"] = f"memory://{tmp_path.name}"
     (inputs / "bundle" / "extra.txt").write_text("tampered")
     with pytest.raises(StepError, match="does not match"):
         register_step.run(params, inputs, tmp_path / "out")
@@ -129,7 +171,7 @@ def test_a_changed_bundle_is_refused(tmp_path: Path) -> None:
 
 def test_model_name_defaults_to_the_experiment(tmp_path: Path) -> None:
     inputs, params = artifacts(tmp_path)
-    params["artifactStore"] = "memory://registry"
+    params["artifactStore"] = f"memory://{tmp_path.name}"
     params["spec"] = {k: v for k, v in SPEC.items() if k != "model"}
     manifest = register_step.run(params, inputs, tmp_path / "out")["model"]
     assert manifest["metadata"]["name"] == "churn-model"

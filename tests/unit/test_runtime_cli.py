@@ -52,6 +52,8 @@ def test_search_writes_result_json_and_only_events_on_stdout(tmp_path: Path) -> 
     churn_like(400).to_parquet(tmp_path / "in" / "clean")
     params = {
         "experiment": "churn",
+        "namespace": "default",
+        "experimentUid": "uid-churn",
         "workflow": "churn-g1",
         "spec": spec(trials=2),
         "validate": {"types": TYPES},

@@ -82,6 +82,8 @@ def run_search(tmp: Path, clean: pd.DataFrame, the_spec: dict, **params: Any) ->
     base = {
         "experiment": "churn",
         "workflow": "churn-g1",
+        "namespace": "default",
+        "experimentUid": "uid-churn",
         "spec": the_spec,
         "validate": {"types": TYPES},
     }
@@ -164,7 +166,8 @@ def test_study_storage_url_and_study_name(tmp_path: Path) -> None:
     from aiml024.runtime.search import open_storage
 
     study = optuna.load_study(
-        study_name="churn-g1", storage=open_storage(f"journal://{journal}", tmp_path / "unused")
+        study_name="default.churn.uid-churn.churn-g1",
+        storage=open_storage(f"journal://{journal}", tmp_path / "unused"),
     )
     assert len(study.trials) == 2
 

@@ -108,6 +108,8 @@ def evaluate(tmp: Path, clean: pd.DataFrame, the_spec: dict[str, Any]) -> dict[s
     params: dict[str, Any] = {
         "experiment": "e",
         "workflow": "e-g1",
+        "namespace": "default",
+        "experimentUid": "uid-e",
         "codeVersion": "0",
         "spec": the_spec,
         "ingest": {"uri": "e.csv", "rows": len(clean), "fingerprint": "f" * 64},

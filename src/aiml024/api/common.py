@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 GROUP = "aiml024.io"
 VERSION = "v1alpha1"
 API_VERSION: Final[Literal["aiml024.io/v1alpha1"]] = "aiml024.io/v1alpha1"
+DEFAULT_NAMESPACE = "default"  # where objects without a namespace live, as in kubectl
 
 # Annotations that carry identity; set by the admission webhook (or the embedded control
 # plane), never trusted from what a user writes.
@@ -18,8 +19,29 @@ APPLIED_BY = f"{GROUP}/applied-by"  # who created an Experiment: the author of i
 APPROVE = f"{GROUP}/approve"  # a request to approve a Model for a stage
 APPROVALS = f"{GROUP}/approvals"  # the recorded approvals, immutable once written
 
-# RFC 1123 subdomain name, as Kubernetes requires for object names.
+# Labels on what aiml024 creates: which Experiment / Deployment, which generation of it.
+EXPERIMENT_LABEL = f"{GROUP}/experiment"
+DEPLOYMENT_LABEL = f"{GROUP}/deployment"
+GENERATION_LABEL = f"{GROUP}/generation"
+# A namespace label that allows `requireStage: any` (see policies/deployment.rego).
+ENVIRONMENT_LABEL = f"{GROUP}/environment"
+
+# RFC 1123 subdomain name, as Kubernetes requires for object names; a label for namespaces.
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def dns_problem(value: str, label: bool = False) -> str | None:
+    """Why `value` is not a valid object name (RFC 1123 subdomain, at most 253 characters) or,
+    with `label`, namespace (RFC 1123 label, at most 63), as the API server checks; None if ok."""
+    pattern, limit = (_DNS_LABEL, 63) if label else (_DNS_NAME, 253)
+    if len(value) > limit or not pattern.match(value):
+        return (
+            f"{value!r} is not valid: use at most {limit} lower-case letters, digits and '-'"
+            + ("" if label else " or '.'")
+            + ", starting and ending with a letter or digit"
+        )
+    return None
 
 
 def _camel(name: str) -> str:
@@ -65,6 +87,14 @@ class ObjectMeta(Strict):
                 f"{value!r} is not a valid name: use lower-case letters, digits and '-', "
                 "starting and ending with a letter or digit"
             )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_namespace(cls, value: str | None) -> str | None:
+        problem = dns_problem(value, label=True) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
 

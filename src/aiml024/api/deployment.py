@@ -78,7 +78,11 @@ class DeploymentSpec(Strict):
     slo: Slo = Field(default_factory=Slo)
     monitors: list[Monitor] = Field(default_factory=list)
     require_stage: Literal["staging", "production", "any"] = Field(
-        default="any", description="Serve only a Model that has reached this stage."
+        default="production",
+        description=(
+            "Serve only a Model whose recorded policy decision allows this stage; `any` only in "
+            "a namespace labelled aiml024.io/environment=development."
+        ),
     )
 
     def routes(self) -> list[Route]:

@@ -56,6 +56,9 @@ class PolicyDecision(Strict):
     bundle_digest: str
     stage: Stage
     evaluated_at: datetime
+    sha256: str | None = Field(
+        default=None, description="The artifact digest the decision was made for."
+    )
 
 
 class Approval(Strict):

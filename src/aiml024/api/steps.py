@@ -64,6 +64,24 @@ class EvaluateResult(Strict):
     holdout_rows: int
 
 
+REGISTRATION = "registration.json"
+
+
+def run_root(store: str, namespace: str, experiment: str, uid: str, workflow: str) -> str:
+    """Where one run's artifacts live: `{store}/{namespace}/{experiment}/{uid}/{workflow}`.
+
+    The namespace and the Experiment's uid keep two namespaces, and an Experiment deleted and
+    re-created under the same name, from ever sharing a path. The register step writes the
+    run's `registration.json` here (write-once); the control planes read it back from here,
+    never from the Workflow's status, which namespace editors can write.
+    """
+    for what, value in (("namespace", namespace), ("experiment", experiment), ("uid", uid),
+                        ("workflow", workflow)):  # fmt: skip
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"the run's {what} {value!r} cannot be part of an artifact path")
+    return f"{store.rstrip('/')}/{namespace}/{experiment}/{uid}/{workflow}"
+
+
 class RegisterResult(Strict):
     model: dict[str, Any] = Field(description="The Model manifest to create (wire JSON).")
     artifact_uri: str

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from .. import signing
 from ..api import describe_validation_error
-from ..signing import SignedApproval, SigningError
+from ..signing import SigningError
 
 app = typer.Typer(
     name="keys",
@@ -157,34 +157,6 @@ def list_(keys_dir: KeysDirOpt = None) -> None:
     for item in found:
         line = f"{item.key_id or '-':<{width}}  {item.path}"
         typer.echo(line if item.problem is None else f"{line}  ({item.problem})")
-
-
-def sign_approval_cli(
-    model: str,
-    namespace: str,
-    sha256: str,
-    stage: str,
-    comment: str,
-    key: str | None,
-    keys_dir: Path | None = None,
-    now: datetime | None = None,
-) -> SignedApproval:
-    """Sign an approval with the user's key: `key` is `--key` (a key id or a key file); by
-    default the only key in the keys dir. Raises SigningError with a one-line message (no key,
-    several keys, unreadable key, a stage that cannot be approved); catch it and `fail()`."""
-    private, _ = signing.find_key(key, keys_dir)
-    try:
-        statement = signing.ApprovalStatement(
-            model=model,
-            namespace=namespace,
-            sha256=sha256,
-            stage=stage,
-            at=now or datetime.now(UTC),
-            comment=comment,
-        )
-    except ValueError as error:  # pydantic's ValidationError is a ValueError
-        raise SigningError(f"cannot sign this approval: {_first_line(error)}") from None
-    return signing.sign(statement, private)
 
 
 def _first_line(error: Exception) -> str:

@@ -18,6 +18,7 @@ from ..compiler import CompileError, compile_objects
 from ..local.manifests import load_manifests
 from ..local.store import NotFound, StoreBusy, state_home
 from . import views
+from .keys import app as keys_app
 
 app = typer.Typer(
     name="aiml024",
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(keys_app, name="keys", help="Your signing keys for approvals.")
 # Like kubectl, never fold table rows when the output goes to a pipe or a file.
 console = Console(width=None if sys.stdout.isatty() else 400)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
@@ -171,19 +173,54 @@ def approve(
     ref: Annotated[str, typer.Argument(help="model/NAME")],
     stage: Annotated[str, typer.Option("--stage")] = "production",
     comment: Annotated[str, typer.Option("--comment", "-m")] = "",
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Sign with this key (id or file; see `aiml024 keys`)."),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256",
+            help="For a cluster: sign an approval of this artifact digest and print it as a "
+            "Model patch (kubectl apply --server-side, or commit it for Argo CD).",
+        ),
+    ] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
 ) -> None:
-    """Record your approval of a Model for a stage (you cannot approve your own model)."""
+    """Approve a Model for a stage (you cannot approve your own model). With an approvers
+    registry the approval is a statement signed with your key, verified against it."""
     from ..local.controlplane import ApplyError, current_user
 
     try:
         kind, name = _ref(ref, None)
         if kind != "Model" or not name:
             fail("approve takes model/NAME")
-        model = _control_plane().approve(name, stage, current_user(), comment)
+        assert name is not None
+        if sha256 is not None:
+            _print_signed_approval(name, namespace, sha256, stage, comment, key)
+            return
+        model = _control_plane().approve(name, stage, current_user(), comment, key)
     except (SpecError, NotFound, StoreBusy, ApplyError) as error:
         fail(str(error))
         return
     views.print_decision(console, model)
+
+
+def _print_signed_approval(
+    name: str, namespace: str, sha256: str, stage: str, comment: str, key: str | None
+) -> None:
+    from .. import signing
+
+    try:
+        signed = signing.sign_approval(name, namespace, sha256, stage, comment, key)
+        patch = signing.approval_patch(name, namespace, signed, argocd=True)
+    except signing.SigningError as error:
+        fail(str(error))
+        return
+    typer.echo(yaml.safe_dump(patch, sort_keys=False), nl=False)
+    errors.print(
+        f"# apply with: {signing.kubectl_apply_command(signed)}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()

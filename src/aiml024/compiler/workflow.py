@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiml024.api import Experiment
+from aiml024.api.common import DEFAULT_NAMESPACE
 from aiml024.api.experiment import SUPPORTED_TASKS, Resources
 
 from .options import MANAGED_BY, CompileError, CompileOptions, canonical_json, child_name
@@ -57,6 +58,8 @@ ARTIFACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # Workflow parameter -> key in the step's --params JSON (all strings except `spec`).
 GLOBAL_PARAMS = {
     "experiment": "experiment",
+    "namespace": "namespace",
+    "experiment-uid": "experimentUid",
     "artifact-store": "artifactStore",
     "study-storage": "studyStorage",
     "code-version": "codeVersion",
@@ -230,6 +233,9 @@ def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -
     metadata["labels"] = labels
     parameters = {
         "experiment": exp.metadata.name,
+        # With the uid, the run's artifact paths and study name are its own (api.steps.run_root).
+        "namespace": exp.metadata.namespace or DEFAULT_NAMESPACE,
+        "experiment-uid": exp.metadata.uid or "",
         "spec": canonical_json(exp.spec.wire()),
         "artifact-store": options.artifact_store,
         "study-storage": options.study_storage,

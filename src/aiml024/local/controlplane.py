@@ -7,6 +7,7 @@ local executor), the same Rego (evaluated in-process) and the same MLServer runt
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -15,18 +16,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from .. import __version__
 from ..api import Deployment, Experiment, Model, ModelStatus
-from ..api.common import APPLIED_BY
+from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
 from ..policy import default_policy_dir, evaluate
+from ..reconcile import approvals as approval_rules
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
 from ..reconcile import model as model_rules
+from ..signing import (
+    ApproverRegistry,
+    SignedApproval,
+    SigningError,
+    annotation_for,
+    default_registry_path,
+    is_approval_annotation,
+    load_registry,
+    sign_approval,
+    verify,
+)
 from . import server as model_server
 from .executor import LocalExecutor, WorkflowRun
-from .store import DEFAULT_NAMESPACE, Store, write_atomic
+from .store import Store, write_atomic
 
 
 # Who is acting: there is no authentication on one machine, so the OS login is the identity
@@ -77,14 +92,7 @@ class LocalControlPlane:
             for obj in objects:
                 manifest = obj.wire()
                 manifest.pop("status", None)
-                if isinstance(obj, Experiment):
-                    # As the admission webhook does: the author is who first applied it, never
-                    # what the manifest claims.
-                    stored_before = self.store.find("Experiment", obj.metadata.name)
-                    author = (stored_before or {}).get("metadata", {}).get("annotations", {})
-                    manifest["metadata"].setdefault("annotations", {})[APPLIED_BY] = author.get(
-                        APPLIED_BY, current_user()
-                    )
+                self._stamp_identity(manifest)
                 saved, _changed = self.store.apply(manifest)
                 stored.append(saved)
             # Experiments first: they register the Models that Deployments serve.
@@ -103,6 +111,29 @@ class LocalControlPlane:
                 else:
                     report.deployments[name] = self.reconcile_deployment(name, progress)
         return report
+
+    def _stamp_identity(self, manifest: dict[str, Any]) -> None:
+        """As the admission webhook does, from the store's record, never from the manifest: an
+        Experiment's author is whoever last changed its spec; a Model's owner is whoever first
+        applied it."""
+        meta = manifest["metadata"]
+        before = self.store.find(manifest["kind"], meta["name"], meta.get("namespace") or "default")
+        annotations = meta.setdefault("annotations", {})
+        recorded = ((before or {}).get("metadata") or {}).get("annotations") or {}
+        if manifest["kind"] == "Experiment":
+            unchanged = before is not None and before.get("spec") == manifest.get("spec")
+            author = recorded.get(APPLIED_BY) if unchanged else None
+            annotations[APPLIED_BY] = author or current_user()
+        elif manifest["kind"] == "Model":
+            owner = (before or {}).get("spec", {}).get("owner") if before else current_user()
+            manifest["spec"]["owner"] = owner
+            # Approval records are written by `approve` only; signed ones anyone may add.
+            annotations.pop(APPROVALS, None)
+            if APPROVALS in recorded:
+                annotations[APPROVALS] = recorded[APPROVALS]
+            for key, value in recorded.items():
+                if is_approval_annotation(key):
+                    annotations.setdefault(key, value)
 
     # -- experiments ----------------------------------------------------------------------------
 
@@ -166,10 +197,7 @@ class LocalControlPlane:
             message = run.message or "workflow failed"
             self.store.record_event(exp.wire(), "Warning", "WorkflowFailed", message)
             raise ApplyError(f"experiment {name}: {message}")
-        manifest = experiment_rules.registered_model(run.status())
-        if manifest is None:
-            raise ApplyError(f"experiment {name}: the register step produced no model")
-        model_name = self._register(exp, manifest)
+        model_name = self._register(exp, wf_name)
         status = experiment_rules.experiment_status(exp, wf_name, run.status(), _now())
         status.model_name = model_name
         self._set_status(exp, status.wire())
@@ -179,14 +207,25 @@ class LocalControlPlane:
         self.reconcile_model(model_name)
         return model_name
 
-    def _register(self, exp: Experiment, manifest: dict[str, Any]) -> str:
-        model = experiment_rules.model_to_register(exp, manifest)
-        spec_manifest = model.wire()
-        status = spec_manifest.pop("status", {})
+    def _register(self, exp: Experiment, wf_name: str) -> str:
+        """Register this generation's Model version from the record the register step wrote
+        under the run's own root in the artifact store."""
+        store = self.artifacts.as_uri()
+        uri = experiment_rules.registration_uri(store, exp, wf_name)
+        try:
+            with fsspec.open(uri, "rb") as handle:
+                record = json.load(handle)
+            model = experiment_rules.model_to_register(exp, record, store, wf_name)
+        except (OSError, ValueError) as error:
+            raise ApplyError(f"experiment {exp.metadata.name}: cannot register: {error}") from None
         existing = self.store.find("Model", model.metadata.name)
         if existing is not None:
-            # A retrained version replaces the record; its approvals were for the old artifact.
-            spec_manifest["spec"]["stage"] = "staging"
+            conflict = experiment_rules.registration_conflict(Model.model_validate(existing), model)
+            if conflict:
+                raise ApplyError(f"experiment {exp.metadata.name}: {conflict}")
+            return model.metadata.name
+        spec_manifest = model.wire()
+        status = spec_manifest.pop("status", {})
         self.store.apply(spec_manifest)
         self.store.update_status("Model", model.metadata.name, status)
         return model.metadata.name
@@ -197,14 +236,26 @@ class LocalControlPlane:
         model = model_rules.with_source_artifact(
             Model.model_validate(self.store.get("Model", name))
         )
-        gate = evaluate(
-            model, model.spec.stage, self.policy_dir, (model.status or ModelStatus()).approvals
-        )
+        approvals, ignored = approval_rules.model_approvals(model, self._registry(), _now())
+        gate = evaluate(model, model.spec.stage, self.policy_dir, approvals)
+        model.status = (model.status or ModelStatus()).model_copy(update={"approvals": approvals})
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
         assert status.policy is not None
         self.store.record_event(model.wire(), *model_rules.gate_event(status.policy))
+        for why in ignored:
+            self.store.record_event(model.wire(), "Warning", "ApprovalIgnored", why)
         return Model.model_validate(self.store.get("Model", name))
+
+    def _registry(self) -> ApproverRegistry | None:
+        """The approvers registry (signing.default_registry_path), when this machine has one."""
+        path = default_registry_path(self.policy_dir)
+        if not path.exists():
+            return None
+        try:
+            return load_registry(path)
+        except SigningError as error:
+            raise ApplyError(str(error)) from None
 
     def promote(self, name: str, stage: str) -> Model:
         with self.store.exclusive(f"aiml024 promote model/{name}"):
@@ -213,19 +264,66 @@ class LocalControlPlane:
             self.store.apply(manifest)
             return self.reconcile_model(name)
 
-    def approve(self, name: str, stage: str, user: str, comment: str = "") -> Model:
+    def approve(
+        self, name: str, stage: str, user: str, comment: str = "", key: str | None = None
+    ) -> Model:
+        """Approve as `user` (no authentication on one machine), or, with `key` or wherever an
+        approvers registry exists, by a signed statement verified against that registry."""
         with self.store.exclusive(f"aiml024 approve model/{name}"):
-            model = Model.model_validate(self.store.get("Model", name))
+            manifest = self.store.get("Model", name)
+            model = Model.model_validate(manifest)
             status = model.status or ModelStatus()
-            problem = model_rules.approval_problem(model, user, stage)
-            if problem:
-                raise ApplyError(problem)
-            status.approvals.append(Approval(user=user, stage=stage, at=_now(), comment=comment))
-            self._set_status(model, status.wire())
-            self.store.record_event(
-                model.wire(), "Normal", "Approved", f"{user} approved stage {stage}"
-            )
+            registry = self._registry()
+            counted, _ = approval_rules.model_approvals(model, registry, _now())
+            annotations = manifest["metadata"].setdefault("annotations", {})
+            if key is not None or registry is not None:
+                signed = self._signed(model, stage, comment, key, registry, counted)
+                annotations.update([annotation_for(signed)])
+                what = f"key {signed.key_id} signed stage {stage}"
+            else:
+                record, problem = approval_rules.approval_record(
+                    model, user, stage, _now(), comment, counted=counted
+                )
+                if record is None:
+                    raise ApplyError(problem or "cannot approve")
+                records = approval_rules.recorded_approvals(annotations) + [record]
+                annotations[APPROVALS] = json.dumps(records, separators=(",", ":"))
+                what = f"{user} approved stage {stage}"
+            self.store.apply(manifest)
+            self.store.record_event(model.wire(), "Normal", "Approved", f"{what} ({status.sha256})")
             return self.reconcile_model(name)
+
+    def _signed(
+        self,
+        model: Model,
+        stage: str,
+        comment: str,
+        key: str | None,
+        registry: ApproverRegistry | None,
+        counted: list[Approval],
+    ) -> SignedApproval:
+        """Sign the approval and check, before storing it, that it will count."""
+        sha = (model.status or ModelStatus()).sha256
+        if not sha:
+            raise ApplyError(f"model {model.metadata.name} has no registered artifact to approve")
+        if registry is None:
+            raise ApplyError(
+                f"no approvers registry at {default_registry_path(self.policy_dir)}: a signed "
+                "approval can only be verified against one (aiml024 keys create --register)"
+            )
+        try:
+            signed = sign_approval(model.metadata.name, DEFAULT_NAMESPACE, sha, stage, comment, key)
+        except SigningError as error:
+            raise ApplyError(str(error)) from None
+        approval, why = verify(
+            signed, registry, model.metadata.name, DEFAULT_NAMESPACE, sha, _now()
+        )
+        if approval is None:
+            raise ApplyError(why or "the signed approval does not verify")
+        problem = approval_rules.approval_problem(model, approval.user, stage, counted)
+        if problem:
+            raise ApplyError(problem)
+        return signed
 
     # -- deployments ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,12 +24,15 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..api import NAMES
-
-DEFAULT_NAMESPACE = "default"
+from ..api.common import DEFAULT_NAMESPACE, dns_problem
 
 
 class StoreBusy(RuntimeError):
     """Another command holds the control plane (for example a running `aiml024 apply`)."""
+
+
+class InvalidName(ValueError):
+    """A name or namespace Kubernetes would refuse (and that could escape the state dir)."""
 
 
 class NotFound(KeyError):
@@ -72,6 +76,11 @@ class Store:
     # -- objects ------------------------------------------------------------------------------
 
     def _path(self, kind: str, name: str, namespace: str) -> Path:
+        # As the API server does: names and namespaces are DNS-1123, so no path can escape.
+        for what, value in (("namespace", namespace), ("name", name)):
+            problem = dns_problem(value, label=what == "namespace")
+            if problem:
+                raise InvalidName(f"metadata.{what}: {problem}")
         return self.home / "objects" / _plural(kind) / namespace / f"{name}.json"
 
     def get(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
@@ -170,14 +179,25 @@ class Store:
             "message": message,
             "lastTimestamp": now_iso(),
         }
-        with self._lock, (self.home / "events.jsonl").open("a") as handle:
+        path = self.home / "events.jsonl"
+        with self._lock, path.open("a") as handle:
+            if handle.tell() and not path.read_bytes().endswith(b"\n"):
+                handle.write("\n")  # end a torn last line, so this event stays readable
             handle.write(json.dumps(event) + "\n")
 
     def events_for(self, kind: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
         path = self.home / "events.jsonl"
         if not path.exists():
             return []
-        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                if line.strip():
+                    events.append(json.loads(line))
+            except ValueError:
+                # A torn line (a process killed mid-append) loses that one event, nothing more.
+                warnings.warn(f"{path}:{number}: skipped an unreadable event line", stacklevel=2)
+        events = [e for e in events if isinstance(e, dict) and "involvedObject" in e]
         mine = [
             e for e in events
             if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name

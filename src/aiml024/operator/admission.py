@@ -1,11 +1,18 @@
 """Admission: what the CRD schemas cannot check, the policy gate on stage changes, identity.
 
 Identity comes from the API server's userInfo on each request, never from the object:
-- Experiment CREATE: `aiml024.io/applied-by` := the requesting user (kept on UPDATE).
+- Experiment CREATE, and UPDATE that changes the spec: `aiml024.io/applied-by` := the
+  requesting user (the author of the Models that spec trains; kept on other updates).
 - Model CREATE by a person: `spec.owner` := the requesting user (the operator, which creates
   Models for Experiments, sets the Experiment's author itself).
-- Model approval: a user sets `aiml024.io/approve: <stage>`; the webhook replaces it with a
-  record {user, stage, at, sha256} appended to `aiml024.io/approvals`, which nobody can edit.
+- Model approval by a Kubernetes identity: a user the authorizer allows to `approve` models
+  (the aiml024-approver role) sets `aiml024.io/approve: <stage>`; the webhook replaces it with
+  a record {user, groups, stage, at, sha256} appended to `aiml024.io/approvals`, which nobody
+  can edit.
+- Signed approvals (`approval.aiml024.io/<key>`) may be applied by anyone, e.g. Argo CD: they
+  must verify against the approvers registry and the Model's digest, or they are refused.
+- Model status (the `models/status` subresource): only the operator writes it, and it may
+  raise the stage only as far as a recorded allow decision for the current digest reaches.
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from ..api import Deployment, Experiment, Model, describe_validation_error
+from ..api import Deployment, Experiment, Model, ModelStatus, describe_validation_error
 from ..api.common import APPLIED_BY, APPROVALS, APPROVE
 from ..compiler import CompileError, compile_experiment
 from ..policy import promotion_decision
+from ..reconcile import approvals as approval_rules
+from ..reconcile.model import stage_reaches
+from ..signing import is_approval_annotation
 from . import policy
 from .config import OperatorConfig
-from .rules import approval_record, recorded_approvals, valid_approvals
+from .kube import MODELS, Kube
+from .model import approvers
 
 Obj = dict[str, Any]
 
@@ -35,8 +46,12 @@ def _parse(kind: type[Experiment] | type[Model] | type[Deployment], body: Obj) -
         raise kopf.AdmissionError("; ".join(describe_validation_error(error)), code=422) from None
 
 
-def _user(userinfo: Obj) -> str:
+def user_of(userinfo: Obj) -> str:
     return str((userinfo or {}).get("username") or "")
+
+
+def _groups(userinfo: Obj) -> list[str]:
+    return [str(g) for g in (userinfo or {}).get("groups") or []]
 
 
 def _annotations(body: Obj | None) -> dict[str, str]:
@@ -79,7 +94,7 @@ async def validate_model(config: OperatorConfig, body: Obj, old: Obj | None, use
             return
     if model.spec.stage in ("none", "archived") or not model.status:
         return  # archiving is always allowed; a new Model has no evidence yet (the operator gates)
-    approvals, _ = valid_approvals(model, recorded_approvals(model.metadata.annotations))
+    approvals, _ = approval_rules.model_approvals(model, approvers(config), _now())
     gate = await policy.gate(config, model, model.spec.stage, approvals)
     if gate.decision == "deny":
         _, why = promotion_decision(model, model.spec.stage, gate)
@@ -90,14 +105,23 @@ async def validate_model(config: OperatorConfig, body: Obj, old: Obj | None, use
 
 
 def stamp_experiment(body: Obj, old: Obj | None, user: str, patch: kopf.Patch) -> None:
-    author = _annotations(old).get(APPLIED_BY) if old is not None else user
+    """The author is whoever last changed the spec (four eyes holds against every editor of
+    what a model was trained on, not only against whoever created the Experiment)."""
+    spec_changed = old is None or old.get("spec") != body.get("spec")
+    author = user if spec_changed else _annotations(old).get(APPLIED_BY)
     if author and _annotations(body).get(APPLIED_BY) != author:
         patch.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_BY] = author
 
 
-def stamp_model(
-    config: OperatorConfig, body: Obj, old: Obj | None, user: str, patch: kopf.Patch
+async def stamp_model(
+    kube: Kube,
+    config: OperatorConfig,
+    body: Obj,
+    old: Obj | None,
+    userinfo: Obj,
+    patch: kopf.Patch,
 ) -> None:
+    user = user_of(userinfo)
     annotations = _annotations(body)
     changes: dict[str, Any] = {}
     if old is None:
@@ -110,20 +134,85 @@ def stamp_model(
             raise kopf.AdmissionError(
                 f"{APPROVALS} is recorded by the admission webhook and cannot be changed; "
                 f"approve with: kubectl annotate model {body['metadata']['name']} "
-                f"{APPROVE}=<stage>",
+                f"{APPROVE}=<stage>, or apply a signed approval (aiml024 approve --sha256)",
                 code=403,
             )
         owner = ((body.get("spec") or {}).get("owner"), (old.get("spec") or {}).get("owner"))
         if owner[0] != owner[1] and user != config.operator_user:
             raise kopf.AdmissionError("spec.owner is immutable", code=403)
+    _check_signed_approvals(config, body, old)
     stage = annotations.get(APPROVE)
     if stage is not None:
         model = _parse(Model, old if old is not None else body)
-        record, problem = approval_record(model, user, stage.strip(), datetime.now(UTC))
-        if problem:
-            raise kopf.AdmissionError(problem, code=403)
-        records = recorded_approvals(_annotations(old)) + [record]
+        meta = model.metadata
+        if not await kube.allowed(
+            user, _groups(userinfo), "approve", MODELS, meta.namespace or "default", meta.name
+        ):
+            raise kopf.AdmissionError(
+                f"{user} may not approve models in namespace {meta.namespace}: approving needs "
+                "the aiml024-approver role (verb approve on models), or a signed approval",
+                code=403,
+            )
+        counted, _ = approval_rules.model_approvals(model, approvers(config), _now())
+        record, problem = approval_rules.approval_record(
+            model, user, stage.strip(), _now(), groups=_groups(userinfo), counted=counted
+        )
+        if record is None:
+            raise kopf.AdmissionError(problem or "cannot approve", code=403)
+        records = approval_rules.recorded_approvals(_annotations(old)) + [record]
         changes[APPROVE] = None
         changes[APPROVALS] = json.dumps(records, separators=(",", ":"))
     if changes:
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(changes)
+
+
+def _check_signed_approvals(config: OperatorConfig, body: Obj, old: Obj | None) -> None:
+    """Signed approvals added or changed by this request must verify now (the operator
+    verifies them again on every evaluation)."""
+    before = _annotations(old)
+    added = {
+        k: v
+        for k, v in _annotations(body).items()
+        if is_approval_annotation(k) and before.get(k) != v
+    }
+    if not added:
+        return
+    model = _parse(Model, old if old is not None else body)
+    probe = model.model_copy(deep=True)
+    probe.metadata.annotations = added
+    counted, ignored = approval_rules.model_approvals(probe, approvers(config), _now(), [])
+    if ignored or not counted:
+        raise kopf.AdmissionError(
+            "signed approval refused: " + "; ".join(ignored or ["it does not verify"]), code=403
+        )
+
+
+def validate_model_status(config: OperatorConfig, body: Obj, old: Obj | None, user: str) -> None:
+    """The status subresource is the operator's record: nobody else writes it, and the stage
+    it records rises only as far as a recorded allow decision for this digest reaches."""
+    if user != config.operator_user:
+        raise kopf.AdmissionError(
+            "models/status is written by the aiml024 operator only: the stage moves through "
+            "spec.stage, the policy and approvals",
+            code=403,
+        )
+    status = _parse(Model, body).status or ModelStatus()
+    before = (_parse(Model, old).status if old is not None else None) or ModelStatus()
+    rises = not stage_reaches(before.stage, status.stage) or status.stage == "archived"
+    if status.stage != before.stage and rises:
+        decision = status.policy
+        if (
+            decision is None
+            or decision.decision != "allow"
+            or decision.stage != status.stage
+            or decision.sha256 != status.sha256
+        ):
+            raise kopf.AdmissionError(
+                f"status.stage {status.stage}: no recorded allow decision for that stage and "
+                "this artifact digest",
+                code=403,
+            )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)

@@ -7,19 +7,22 @@ Experiment has not changed since it was read (a stale write conflicts and is red
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import fsspec
 import kopf
 from pydantic import ValidationError
 
-from ..api import Experiment, ExperimentStatus, ObjectMeta, SpecError
+from ..api import Experiment, ExperimentStatus, Model, ObjectMeta, SpecError
 from ..compiler import CompileError, compile_experiment
 from ..reconcile import experiment as experiment_rules
 from . import model as model_handlers
 from .config import MANAGED, OperatorConfig
-from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Conflict, Kube, merge_diff
+from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Conflict, Kube
 from .rules import needs_workflow, search_progress
 
 Obj = dict[str, Any]
@@ -58,6 +61,9 @@ async def _reconcile_once(
         return
     wf_name = workflow["metadata"]["name"]
     wf = await kube.get(WORKFLOWS, namespace, wf_name)
+    if wf is not None and not _owned_by(wf, body):
+        await _not_owned(kube, body, exp, wf_name)
+        return
     if wf is None and not needs_workflow(exp, wf_name):
         return  # finished and recorded; Argo's TTL removed the Workflow since
     if wf is None and ensure:
@@ -66,19 +72,41 @@ async def _reconcile_once(
         wf, created = await kube.ensure(WORKFLOWS, workflow)
         if created:
             kopf.info(body, reason="WorkflowCreated", message=f"created workflow {wf_name}")
+        elif not _owned_by(wf, body):  # someone created it between our read and our create
+            await _not_owned(kube, body, exp, wf_name)
+            return
+    # Only the phase and progress are read from the Workflow (editors can write its status);
+    # what the run produced is read from the run's own path in the artifact store.
     wf_status = (wf or {}).get("status")
     status = experiment_rules.experiment_status(
         exp, wf_name, wf_status, _now(), search_progress(wf_status)
     )
     if status.phase == "Succeeded" and not status.model_name:
-        manifest = experiment_rules.registered_model(wf_status or {})
         try:
-            if manifest is None:
-                raise SpecError("register step", ["the register step produced no model"])
-            status.model_name = await register_model(kube, config, exp, manifest)
+            status.model_name = await register_model(kube, config, exp, wf_name)
         except SpecError as error:
             status.message = f"cannot register the model: {error}"
     await _report(kube, body, exp.status, status)
+
+
+def _owned_by(workflow: Obj, experiment: Obj) -> bool:
+    """Whether the Experiment controls this Workflow (the operator created it for it)."""
+    uid = experiment["metadata"].get("uid")
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in workflow["metadata"].get("ownerReferences") or []
+    )
+
+
+async def _not_owned(kube: Kube, body: Obj, exp: Experiment, wf_name: str) -> None:
+    """A Workflow of this name that the Experiment does not own: never adopted, reported."""
+    message = (
+        f"workflow {wf_name} exists but was not created for this Experiment (no owner "
+        f"reference to uid {exp.metadata.uid}); it is ignored: delete it to train"
+    )
+    status = experiment_rules.not_owned_status(exp, wf_name, message, _now())
+    if await kube.replace_status(EXPERIMENTS, body, status.wire()) is not None:
+        kopf.warn(body, reason="WorkflowNotOwned", message=message)
 
 
 async def _invalid(kube: Kube, body: Obj, message: str) -> None:
@@ -110,33 +138,41 @@ async def _report(
         kopf.warn(body, reason="RegistrationFailed", message=status.message or "no model")
 
 
-async def register_model(kube: Kube, config: OperatorConfig, exp: Experiment, manifest: Obj) -> str:
-    """Create (or, after a retrain, replace) the Model the register step produced, with its
-    evidence in status and the Experiment's author as owner, then gate it."""
-    model = experiment_rules.model_to_register(exp, manifest)
+async def register_model(kube: Kube, config: OperatorConfig, exp: Experiment, wf_name: str) -> str:
+    """Create this generation's Model version from the register step's record in the
+    artifact store, with its evidence in status and the Experiment's author as owner, then
+    gate it. A version is created once and never replaced."""
+    store = config.compile.artifact_store
+    uri = experiment_rules.registration_uri(store, exp, wf_name)
+    record = await asyncio.to_thread(_read_record, uri)
+    model = experiment_rules.model_to_register(exp, record, store, wf_name)
     namespace = exp.metadata.namespace or "default"
     doc = model.wire()
     evidence = doc.pop("status", {})
-    meta = {k: v for k, v in doc["metadata"].items() if k in ("name", "labels", "annotations")}
-    meta["namespace"] = namespace
-    meta["labels"] = {
-        **meta.get("labels", {}),
-        **MANAGED,
-        "aiml024.io/experiment": exp.metadata.name,
-    }
-    doc["metadata"] = meta
-    name = meta["name"]
-    existing, _ = await kube.ensure(MODELS, doc)
-    if existing["spec"].get("source") != doc["spec"]["source"]:
-        # A retrained version under the same name: it starts again from staging, and earlier
-        # approvals no longer count (they name the old artifact's digest).
-        spec = {
-            "source": merge_diff(existing["spec"]["source"], doc["spec"]["source"]),
-            "stage": "staging",
-            "owner": model.spec.owner,
-        }
-        existing = await kube.merge_patch(MODELS, namespace, name, {"spec": spec})
-    if (existing.get("status") or {}).get("sha256") != evidence.get("sha256"):
+    doc["metadata"]["namespace"] = namespace
+    doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **MANAGED}
+    name = doc["metadata"]["name"]
+    existing, created = await kube.ensure(MODELS, doc)
+    if not created:
+        conflict = experiment_rules.registration_conflict(Model.model_validate(existing), model)
+        if conflict:
+            raise SpecError("register", [conflict])
+    if not (existing.get("status") or {}).get("sha256"):
         await kube.replace_status(MODELS, existing, evidence)
     await model_handlers.reconcile(kube, config, namespace, name)
     return name
+
+
+def _read_record(uri: str) -> Obj:
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            record: Obj = json.load(handle)
+    except FileNotFoundError:
+        raise SpecError(
+            "register", [f"no registration record at {uri}: the run registered nothing"]
+        ) from None
+    except (OSError, ValueError) as error:
+        raise SpecError(
+            "register", [f"cannot read the registration record {uri}: {error}"]
+        ) from None
+    return record

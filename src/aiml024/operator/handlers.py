@@ -141,11 +141,11 @@ async def slo_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> Non
 def stamp_experiment(
     body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], patch: kopf.Patch, **_: Any
 ) -> None:
-    admission.stamp_experiment(dict(body), _raw(old), admission._user(userinfo), patch)
+    admission.stamp_experiment(dict(body), _raw(old), admission.user_of(userinfo), patch)
 
 
 @kopf.on.mutate(GROUP, VERSION, "models", id="stamp-model", operations=["CREATE", "UPDATE"])
-def stamp_model(
+async def stamp_model(
     body: kopf.Body,
     old: kopf.Body | None,
     userinfo: dict[str, Any],
@@ -153,7 +153,7 @@ def stamp_model(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    admission.stamp_model(memo.config, dict(body), _raw(old), admission._user(userinfo), patch)
+    await admission.stamp_model(memo.kube, memo.config, dict(body), _raw(old), userinfo, patch)
 
 
 @kopf.on.validate(
@@ -167,7 +167,17 @@ def validate_experiment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def validate_model(
     body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], memo: kopf.Memo, **_: Any
 ) -> None:
-    await admission.validate_model(memo.config, dict(body), _raw(old), admission._user(userinfo))
+    await admission.validate_model(memo.config, dict(body), _raw(old), admission.user_of(userinfo))
+
+
+@kopf.on.validate(
+    GROUP, VERSION, "models", id="validate-model-status", subresource="status",
+    operations=["UPDATE"],
+)  # fmt: skip
+def validate_model_status(
+    body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], memo: kopf.Memo, **_: Any
+) -> None:
+    admission.validate_model_status(memo.config, dict(body), _raw(old), admission.user_of(userinfo))
 
 
 @kopf.on.validate(

@@ -51,6 +51,10 @@ WORKFLOWS = Res("argoproj.io", "v1alpha1", "workflows", "Workflow")
 SELDON = Res("machinelearning.seldon.io", "v1", "seldondeployments", "SeldonDeployment")
 SERVICE_MONITORS = Res("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 PROMETHEUS_RULES = Res("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule")
+NAMESPACES = Res("", "v1", "namespaces", "Namespace", namespaced=False)
+ACCESS_REVIEWS = Res(
+    "authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", namespaced=False
+)
 BY_KIND = {
     r.kind: r
     for r in (
@@ -230,6 +234,26 @@ class Kube:
             if existing is None:  # deleted in between: the next event retries
                 raise
             return existing, False
+
+    async def allowed(
+        self, user: str, groups: list[str], verb: str, res: Res, namespace: str, name: str
+    ) -> bool:
+        """Whether the API server's authorizer lets `user` do `verb` (a SubjectAccessReview)."""
+        review = {
+            "apiVersion": ACCESS_REVIEWS.api_version,
+            "kind": ACCESS_REVIEWS.kind,
+            "metadata": {},
+            "spec": {
+                "user": user,
+                "groups": groups,
+                "resourceAttributes": {
+                    "group": res.group, "resource": res.plural, "verb": verb,
+                    "namespace": namespace, "name": name,
+                },
+            },
+        }  # fmt: skip
+        answer = await self.create(ACCESS_REVIEWS, review)
+        return bool((answer.get("status") or {}).get("allowed"))
 
     async def merge_patch(
         self, res: Res, namespace: str | None, name: str, patch: Obj, sub: str | None = None

@@ -6,17 +6,36 @@ rules and the policy bundle digest are recorded (aiml024.reconcile.model.status_
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import kopf
 from pydantic import ValidationError
 
 from ..api import Model, ModelStatus
+from ..reconcile import approvals as approval_rules
 from ..reconcile import model as model_rules
+from ..signing import ApproverRegistry, SigningError, default_registry_path, load_registry
 from . import policy
 from .config import OperatorConfig
 from .kube import MODELS, Conflict, Kube
-from .rules import recorded_approvals, valid_approvals
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def approvers(config: OperatorConfig) -> ApproverRegistry | None:
+    """The approvers registry (the risk team's ConfigMap, mounted as a file); None without
+    one, so that no signed approval counts. A broken registry counts nobody, and says so."""
+    path = default_registry_path(config.policy_dir)
+    try:
+        return load_registry(path) if path.exists() else None
+    except SigningError as error:
+        log.error("approvers registry refused: %s", error)
+        return None
 
 
 async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
@@ -32,12 +51,10 @@ async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: st
         status = model.status or ModelStatus()
         if model.spec.source.experiment and not status.sha256:
             return  # registering: the Experiment writes the evidence, then gates
-        approvals, ignored = valid_approvals(model, recorded_approvals(model.metadata.annotations))
+        approvals, ignored = approval_rules.model_approvals(model, approvers(config), _now())
         model.status = status.model_copy(update={"approvals": approvals})
         gate = await policy.gate(config, model, model.spec.stage, approvals)
-        decided = model_rules.status_after_gate(
-            model, gate, datetime.now(UTC).replace(microsecond=0)
-        )
+        decided = model_rules.status_after_gate(model, gate, _now())
         try:
             written = await kube.replace_status(MODELS, body, decided.wire())
         except Conflict:

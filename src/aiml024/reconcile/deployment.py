@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..api import Deployment, DeploymentStatus, Model, set_condition
+from .model import stage_reaches
 
 
 class NotServable(Exception):
@@ -23,18 +24,39 @@ class PlannedPredictor:
     shadow: bool = False
 
 
+def servable_problem(model: Model, required: str) -> str | None:
+    """Why `model` may not serve where `required` (a stage, or `any`) is asked, or None.
+
+    Only the platform's own record counts: the registered artifact and digest, and a policy
+    decision that allowed a stage at least `required` for exactly that digest.
+    """
+    name, status = model.metadata.name, model.status
+    if status is None or not status.artifact_uri or not status.sha256:
+        return f"model {name} has no registered artifact yet"
+    if required == "any":
+        return None
+    decision = status.policy
+    if decision is None:
+        return f"model {name} has no recorded policy decision"
+    if decision.sha256 != status.sha256:
+        return f"model {name}'s recorded policy decision is for another artifact digest"
+    if decision.decision != "allow" or not stage_reaches(decision.stage, required):
+        return (
+            f"model {name}'s recorded policy decision is {decision.decision} for stage "
+            f"{decision.stage}; the deployment requires an allowed {required}"
+        )
+    if not stage_reaches(status.stage, required):
+        return f"model {name} is in stage {status.stage}, the deployment requires {required}"
+    return None
+
+
 def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
     model = models.get(name)
     if model is None:
         raise NotServable(f"model {name} not found")
-    status = model.status
-    if status is None or not status.artifact_uri or not status.sha256:
-        raise NotServable(f"model {name} has no registered artifact yet")
-    required = dep.spec.require_stage
-    if required != "any" and status.stage != required:
-        raise NotServable(
-            f"model {name} is in stage {status.stage}, the deployment requires {required}"
-        )
+    problem = servable_problem(model, dep.spec.require_stage)
+    if problem:
+        raise NotServable(problem)
     return model
 
 

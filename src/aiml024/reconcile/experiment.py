@@ -10,10 +10,25 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..api import Experiment, ExperimentStatus, Model, SpecError, parse_object, set_condition
-from ..api.common import APPLIED_BY
+from pydantic import ValidationError
+
+from ..api import (
+    Experiment,
+    ExperimentStatus,
+    Model,
+    ModelSpec,
+    ModelStatus,
+    ObjectMeta,
+    SpecError,
+    describe_validation_error,
+    parse_object,
+    set_condition,
+)
+from ..api.common import APPLIED_BY, DEFAULT_NAMESPACE, EXPERIMENT_LABEL, GENERATION_LABEL
 from ..api.experiment import Trial
-from ..api.steps import LeaderboardRow
+from ..api.model import ModelSource
+from ..api.steps import REGISTRATION, LeaderboardRow, RegisterResult, run_root
+from ..compiler.options import child_name
 
 _PHASES = {"Pending": "Pending", "Running": "Running", "Succeeded": "Succeeded",
            "Failed": "Failed", "Error": "Failed"}  # fmt: skip
@@ -117,22 +132,123 @@ def invalid_spec_status(exp: Experiment, message: str, now: datetime) -> Experim
     return status
 
 
-def registered_model(workflow_status: dict[str, Any]) -> dict[str, Any] | None:
-    """The Model manifest the register step produced, once the Workflow has succeeded."""
-    if workflow_status.get("phase") != "Succeeded":
-        return None
-    result = step_result(workflow_status, "register")
-    return result.get("model") if result else None
+def not_owned_status(
+    exp: Experiment, workflow_name: str, message: str, now: datetime
+) -> ExperimentStatus:
+    """A Workflow of the expected name that this Experiment does not own: nothing is read
+    from it; the Experiment waits, saying why."""
+    previous = exp.status or ExperimentStatus()
+    generation = exp.metadata.generation or 1
+    status = ExperimentStatus(
+        observed_generation=generation,
+        phase="Pending",
+        workflow_name=workflow_name,
+        message=message,
+        conditions=list(previous.conditions),
+    )
+    status.conditions = set_condition(
+        status.conditions, "Ready", "False", "WorkflowNotOwned", message, now, generation
+    )
+    return status
 
 
-def model_to_register(exp: Experiment, manifest: dict[str, Any]) -> Model:
-    """The Model the register step produced, owned by the Experiment's author.
+def model_version_name(exp: Experiment) -> str:
+    """`<spec.model.name>-v<generation>`: each generation registers its own immutable Model."""
+    base = exp.spec.model.name if exp.spec.model else f"{exp.metadata.name}-model"
+    return child_name(base, f"-v{exp.metadata.generation or 1}")
 
-    The author is who created the Experiment, as the webhook (or the local control plane)
-    recorded it, never a name in the step's output.
+
+def registration_uri(store: str, exp: Experiment, workflow_name: str) -> str:
+    """Where this run's register step wrote its record: under the run's own root in the
+    artifact store, which only the runtime writes (never the Workflow's status)."""
+    root = run_root(
+        store,
+        exp.metadata.namespace or DEFAULT_NAMESPACE,
+        exp.metadata.name,
+        exp.metadata.uid or "",
+        workflow_name,
+    )
+    return f"{root}/{REGISTRATION}"
+
+
+def model_to_register(
+    exp: Experiment, record: dict[str, Any], store: str, workflow_name: str
+) -> Model:
+    """The Model version this run registers, from the register step's record read back from
+    `registration_uri`: the evidence (artifact, digest, metrics, card, lineage) comes from the
+    record; its name, labels, source, stage and owner come from the Experiment, never from the
+    record, and the record's artifacts must lie under this run's own root. The owner is the
+    Experiment's author as the webhook (or the local control plane) recorded it.
     """
-    model = parse_object(manifest, source="register step output")
-    if not isinstance(model, Model):
-        raise SpecError("register step output", [f"expected a Model, got {model.kind}"])
-    model.spec.owner = exp.metadata.annotations.get(APPLIED_BY)
-    return model
+    where = "registration record"
+    try:
+        result = RegisterResult.model_validate(record)
+    except ValidationError as error:
+        raise SpecError(where, describe_validation_error(error)) from None
+    produced = parse_object(result.model, source=where)
+    if not isinstance(produced, Model):
+        raise SpecError(where, [f"expected a Model, got {produced.kind}"])
+    evidence = produced.status or ModelStatus()
+    root = registration_uri(store, exp, workflow_name).removesuffix(REGISTRATION)
+    problems = [
+        f"{name} {uri!r} is not under this run's artifacts ({root})"
+        for name, uri in (
+            ("artifactUri", evidence.artifact_uri),
+            ("evidence.modelCardUri", evidence.evidence.model_card_uri),
+        )
+        if not uri or not uri.startswith(root)
+    ]
+    if not evidence.sha256:
+        problems.append("sha256 is missing")
+    if problems:
+        raise SpecError(where, problems)
+    target = exp.spec.model
+    return Model(
+        metadata=ObjectMeta(
+            name=model_version_name(exp),
+            namespace=exp.metadata.namespace,
+            labels={
+                **(target.labels if target else {}),
+                EXPERIMENT_LABEL: exp.metadata.name,
+                GENERATION_LABEL: str(exp.metadata.generation or 1),
+            },
+        ),
+        spec=ModelSpec(
+            source=ModelSource(
+                experiment=exp.metadata.name,
+                workflow=workflow_name,
+                trial=produced.spec.source.trial,
+            ),
+            task=produced.spec.task,
+            stage="staging",
+            owner=exp.metadata.annotations.get(APPLIED_BY),
+            description=produced.spec.description,
+        ),
+        # Evidence only: no stage, policy decision or approvals are taken from a record.
+        status=ModelStatus(
+            artifact_uri=evidence.artifact_uri,
+            sha256=evidence.sha256,
+            metrics=evidence.metrics,
+            baseline_metrics=evidence.baseline_metrics,
+            primary_metric=evidence.primary_metric,
+            evidence=evidence.evidence,
+            leaderboard=evidence.leaderboard,
+            lineage=evidence.lineage,
+        ),
+    )
+
+
+def registration_conflict(existing: Model, wanted: Model) -> str | None:
+    """Why `wanted` cannot be registered over the Model of the same name, or None when the
+    existing one is this very version (a repeated reconcile)."""
+    status = existing.status or ModelStatus()
+    if existing.spec.source == wanted.spec.source and status.artifact_uri in (
+        None,
+        (wanted.status or ModelStatus()).artifact_uri,
+    ):
+        return None
+    return (
+        f"model {existing.metadata.name} already exists and names another artifact "
+        f"({status.artifact_uri or existing.spec.source.artifact_uri}); a registered version is "
+        "never replaced: set spec.model.name to register under a new name"
+    )

@@ -12,15 +12,36 @@ _REASON = {"allow": "PolicyAllowed", "require_approval": "ApprovalRequired", "de
 _PHASE = {"require_approval": "PendingApproval", "deny": "Denied"}
 
 
+# How far a stage lets a model go; archived serves nowhere.
+STAGE_RANK = {"archived": -1, "none": 0, "staging": 1, "production": 2}
+
+
+def stage_reaches(stage: str, required: str) -> bool:
+    """Whether a model in `stage` may serve where `required` is asked for."""
+    return STAGE_RANK.get(stage, -1) >= STAGE_RANK.get(required, 99)
+
+
+def stage_without(stage: str, refused: str) -> str:
+    """The actual stage once the policy does not allow `refused`: a model that stood at or
+    above the refused stage falls just below it (a production model whose approval or evidence
+    no longer holds goes back to staging); one below it stays."""
+    if refused == "archived" or STAGE_RANK.get(stage, -1) < STAGE_RANK[refused]:
+        return stage
+    return next(s for s, rank in STAGE_RANK.items() if rank == STAGE_RANK[refused] - 1)
+
+
 def status_after_gate(model: Model, gate: GateResult, now: datetime) -> ModelStatus:
-    """Record the policy decision; the actual stage moves only when the policy allows."""
+    """Record the policy decision (for this artifact digest); the actual stage moves up only
+    when the policy allows, and comes down when it no longer allows the stage it stood at."""
     status = (model.status or ModelStatus()).model_copy(deep=True)
     generation = model.metadata.generation or 1
     status.observed_generation = generation
-    status.policy = gate.as_policy_decision(now)
+    status.policy = gate.as_policy_decision(now).model_copy(update={"sha256": status.sha256})
     new_stage, reason = promotion_decision(model, model.spec.stage, gate)
     if new_stage is not None:
         status.stage = new_stage  # type: ignore[assignment]
+    else:
+        status.stage = stage_without(status.stage, model.spec.stage)  # type: ignore[assignment]
     status.conditions = set_condition(
         status.conditions, "Promoted", "True" if new_stage else "False",
         _REASON[gate.decision], reason, now, generation,
@@ -51,17 +72,3 @@ def with_source_artifact(model: Model) -> Model:
         update={"artifact_uri": source.artifact_uri, "sha256": source.sha256}
     )
     return model.model_copy(update={"status": filled})
-
-
-def approval_problem(model: Model, user: str, stage: str) -> str | None:
-    """Why `user` may not approve `model` for `stage`, or None when they may."""
-    owner = model.spec.owner
-    if owner and user.lower() == owner.lower():
-        return (
-            f"{user} authored model {model.metadata.name} and cannot approve it "
-            "(four eyes: another person must approve)"
-        )
-    approvals = (model.status or ModelStatus()).approvals
-    if any(a.user == user and a.stage == stage for a in approvals):
-        return f"{user} has already approved model {model.metadata.name} for {stage}"
-    return None

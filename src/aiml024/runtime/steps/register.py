@@ -1,9 +1,15 @@
 """The register step: copy the bundle and the model card into the artifact store and describe
 the new model version as a Model manifest.
 
-Layout: `{artifactStore}/{experiment}/{workflow}/bundle/` and `.../card/`. The store is any
-fsspec location: a local path, file://, s3://, gs://, memory://. The copied bundle's digest is
+Layout under the run root (aiml024.api.steps.run_root: `{artifactStore}/{namespace}/
+{experiment}/{experiment uid}/{workflow}`): `bundle/`, `card/` and `registration.json` (the
+RegisterResult). The store is any fsspec location: a local path, file://, s3://, gs://,
+memory://. Everything is written once: a path that already holds other content is never
+replaced (a retried step that writes the same bytes succeeds). The copied bundle's digest is
 recomputed from the store and must equal the one evaluate reported.
+
+The control planes read `registration.json` from the store, never the step's result in the
+Workflow's status (which namespace editors can write): the store path is the trust boundary.
 """
 
 from __future__ import annotations
@@ -19,22 +25,19 @@ from pydantic import ValidationError
 from aiml024.api import Model, describe_validation_error
 from aiml024.api.experiment import LeaderboardEntry
 from aiml024.api.model import Evidence, Lineage, ModelSource, ModelSpec, ModelStatus
-from aiml024.api.steps import LeaderboardRow, RegisterResult
+from aiml024.api.steps import REGISTRATION, LeaderboardRow, RegisterResult
 
 from ..bundle import bundle_digest
-from . import StepError, spec_from
+from . import StepError, run_root_from, spec_from
 
 MODEL_CARD = "model_card.md"
 
 
 def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     spec = spec_from(params)
-    store = params.get("artifactStore")
-    if not store:
-        raise StepError("params carry no 'artifactStore': where should the model be registered?")
+    base = run_root_from(params)
     evaluate = _required(params, "evaluate")
     ingest = _required(params, "ingest")
-    experiment, workflow = params.get("experiment", ""), params.get("workflow", "")
 
     bundle_dir, card_dir = inputs / "bundle", inputs / "card"
     for directory in (bundle_dir, card_dir):
@@ -47,7 +50,6 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
             f"{evaluate.get('sha256')}: the bundle changed after evaluation"
         )
 
-    base = f"{_store_root(store)}/{experiment}/{workflow}"
     bundle_uri, card_uri = f"{base}/bundle", f"{base}/card"
     copied = upload(bundle_dir, bundle_uri)
     upload(card_dir, card_uri)
@@ -61,22 +63,41 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     except ValidationError as error:
         problems = "; ".join(describe_validation_error(error))
         raise StepError(f"cannot build the Model: {problems}") from None
-    return RegisterResult(
+    result = RegisterResult(
         model=model.wire(), artifact_uri=bundle_uri, model_card_uri=f"{card_uri}/{MODEL_CARD}"
     ).wire()
+    write_once(f"{base}/{REGISTRATION}", json.dumps(result, sort_keys=True, indent=1).encode())
+    return result
 
 
 def upload(directory: Path, uri: str) -> str:
-    """Replace `uri` with the files of `directory`; return the digest read back from the store
-    (the same digest as aiml024.runtime.bundle.bundle_digest)."""
+    """Copy the files of `directory` to `uri`, which must not exist yet or already hold exactly
+    these files; return the digest read back from the store (aiml024.runtime.bundle's)."""
     fs, root = fsspec.core.url_to_fs(uri)
     if fs.exists(root):
-        fs.rm(root, recursive=True)
+        present, wanted = remote_digest(fs, root), bundle_digest(directory)
+        if present != wanted:
+            raise StepError(
+                f"{uri} already holds other content (digest {present}, this run's is {wanted}); "
+                "a registered artifact is never replaced"
+            )
+        return present
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         target = f"{root}/{path.relative_to(directory).as_posix()}"
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(target, path.read_bytes())
     return remote_digest(fs, root)
+
+
+def write_once(uri: str, content: bytes) -> None:
+    """Write `content` to `uri` unless it exists; existing different content is an error."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        if fs.cat_file(path) != content:
+            raise StepError(f"{uri} already exists with other content; it is never replaced")
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, content)
 
 
 def remote_digest(fs: fsspec.AbstractFileSystem, root: str) -> str:
@@ -145,13 +166,6 @@ def model_manifest(
 
 def _leaderboard(rows: list[dict[str, Any]], limit: int = 10) -> list[LeaderboardEntry]:
     return [LeaderboardRow.model_validate(row).entry() for row in rows[:limit]]
-
-
-def _store_root(store: str) -> str:
-    """The store as a URI; a bare path becomes absolute, so servers elsewhere can find it."""
-    if "://" in store:
-        return store.rstrip("/")
-    return str(Path(store).resolve())
 
 
 def _required(params: dict[str, Any], key: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ Three roles, chosen by params:
 - `"merge": true`: after every worker, rebuild the leaderboard and the ensemble from all the
   workers' trials and write the usual `search/` artifact and SearchResult.
 
-The shared search directory is `params.searchShared`, else
-`{artifactStore}/{experiment}/{workflow}/search` (any fsspec location). The study is
+The shared search directory is `params.searchShared`, else `<run root>/search` (any fsspec
+location; the run root is aiml024.api.steps.run_root, unique per namespace and Experiment uid). The study is
 `params.studyStorage` (PostgreSQL in a cluster); when that is empty the workers share a journal
 file (with a lock) in the shared directory, which must then be on a local filesystem.
 """
@@ -54,7 +54,7 @@ from ..search import (
     training_data,
     worker_quota,
 )
-from . import StepError, spec_from
+from . import StepError, run_root_from, spec_from, study_name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPLIT_FILE = "split.json"
@@ -89,10 +89,6 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     return finish(spec, data, split, outcome, out, started)
 
 
-def study_name(params: dict[str, Any]) -> str:
-    return str(params.get("workflow") or params.get("experiment") or "aiml024")
-
-
 def _split(data: TrainingData, spec: ExperimentSpec) -> Split:
     try:
         return make_split(data, spec)
@@ -104,10 +100,7 @@ def shared_dir(params: dict[str, Any]) -> str:
     """Where the workers put what the merge reads (an fsspec URI or a path)."""
     if params.get("searchShared"):
         return str(params["searchShared"])
-    store = params.get("artifactStore")
-    if not store:
-        raise StepError("params carry no 'artifactStore': where do search workers share trials?")
-    return f"{str(store).rstrip('/')}/{params.get('experiment', 'aiml024')}/{study_name(params)}/search"
+    return f"{run_root_from(params)}/search"
 
 
 def _fs(uri: str) -> tuple[Any, str]:
