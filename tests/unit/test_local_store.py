@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aiml024.local.store import NotFound, Store, StoreBusy, write_atomic
+from aiml024.local.store import InvalidName, NotFound, Store, StoreBusy, write_atomic
 
 
 def experiment(trials: int = 5) -> dict:
@@ -92,3 +92,33 @@ def test_state_home_honours_aiml024_home(tmp_path: Path, monkeypatch: pytest.Mon
     assert state_home() == (tmp_path / "state").resolve()
     monkeypatch.delenv("AIML024_HOME")
     assert state_home(Path(os.sep) / "x") == Path("/x/.aiml024")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("namespace", "../../x"), ("namespace", "a/b"), ("name", "../x")]
+)
+def test_names_that_could_escape_the_state_directory_are_refused(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    store = Store(tmp_path / "state")
+    obj = experiment()
+    obj["metadata"][field] = value
+    with pytest.raises(InvalidName, match=f"metadata.{field}: '"):
+        store.apply(obj)
+    assert not (tmp_path / "x").exists() and not list((tmp_path / "state").rglob("*.json"))
+
+
+def test_a_torn_last_event_line_loses_only_that_event(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    obj, _ = store.apply(experiment())
+    store.record_event(obj, "Normal", "WorkflowCreated", "created workflow churn-g1")
+    with (tmp_path / "events.jsonl").open("a") as handle:
+        handle.write('{"involvedObject": {"kind": "Experi')  # killed mid-append
+    with pytest.warns(UserWarning, match="skipped an unreadable event line"):
+        assert [e["reason"] for e in store.events_for("Experiment", "churn")] == [
+            "WorkflowCreated"
+        ]
+    store.record_event(obj, "Normal", "Training", "workflow churn-g1 is running")
+    with pytest.warns(UserWarning):
+        reasons = [e["reason"] for e in store.events_for("Experiment", "churn")]
+    assert reasons == ["WorkflowCreated", "Training"]
