@@ -40,9 +40,42 @@ messages := violations | waiting
 
 waiting contains msg if {
 	decision == "require_approval"
+	count(required_groups) == 0
 	msg := sprintf(
 		"approval_required: promotion to production needs an approval from someone other than the owner %v (approved so far by: %v)",
 		[owner_name, approvers_text],
+	)
+}
+
+waiting contains msg if {
+	decision == "require_approval"
+	count(required_groups) > 0
+	msg := sprintf(
+		"approval_required: promotion to production needs an approval from someone other than the owner %v who is in one of the groups %v (approved so far by: %v)",
+		[owner_name, concat(", ", sort(required_groups)), approvers_text],
+	)
+}
+
+# Why a recorded approval did not count (besides being the owner's).
+waiting contains msg if {
+	decision == "require_approval"
+	some a in production_approvals
+	not is_owner(a.user)
+	not in_required_group(a)
+	msg := sprintf(
+		"approval_ignored: %v is not in any of the groups %v required to approve production (their groups: %v)",
+		[a.user, concat(", ", sort(required_groups)), groups_text(a)],
+	)
+}
+
+waiting contains msg if {
+	decision == "require_approval"
+	some a in production_approvals
+	not is_owner(a.user)
+	not approves_this_artifact(a)
+	msg := sprintf(
+		"approval_ignored: %v approved artifact %v, not this model's %v; approve this version again",
+		[a.user, a.sha256, object.get(model, "sha256", null)],
 	)
 }
 
@@ -64,6 +97,16 @@ violations contains msg if {
 violations contains "policy_error: data.aiml024.thresholds is not loaded (policies/data.json)" if {
 	stage == "production"
 	not is_object(data.aiml024.thresholds)
+}
+
+violations contains msg if {
+	stage == "production"
+	configured := configured_groups
+	not is_array(configured)
+	msg := sprintf(
+		"policy_error: thresholds.required_approver_groups.production must be a list of group names, not %v",
+		[json.marshal(configured)],
+	)
 }
 
 # --- staging and production: the artifact and where it came from --------------------------
@@ -179,14 +222,49 @@ owner_name := model.owner if {
 	present(model, "owner")
 } else := "(unknown)"
 
-# An approval counts when it is for production and its user is not the owner (case-insensitive).
-# When the owner is unknown, any named approver counts.
+# An approval counts when it is for production, its user is not the owner (case-insensitive; when
+# the owner is unknown, any named approver counts), the approver is in one of the groups
+# thresholds.required_approver_groups names for the stage (any approver when the list is empty
+# or missing) and, when the approval names an artifact digest, it is this model's digest.
 counting_approvals contains a.user if {
+	some a in production_approvals
+	not is_owner(a.user)
+	in_required_group(a)
+	approves_this_artifact(a)
+}
+
+production_approvals contains a if {
 	some a in approvals
 	a.stage == "production"
 	present(a, "user")
-	not is_owner(a.user)
 }
+
+configured_groups := object.get(object.get(thresholds, "required_approver_groups", {}), "production", []) if {
+	is_object(thresholds)
+	is_object(object.get(thresholds, "required_approver_groups", {}))
+} else := object.get(thresholds, "required_approver_groups", null) if {
+	is_object(thresholds)
+}
+
+required_groups := {g | some g in configured_groups}
+
+in_required_group(_) if count(required_groups) == 0
+
+in_required_group(a) if {
+	some g in object.get(a, "groups", [])
+	g in required_groups
+}
+
+approves_this_artifact(a) if not present(a, "sha256")
+
+approves_this_artifact(a) if {
+	present(a, "sha256")
+	a.sha256 == object.get(model, "sha256", null)
+}
+
+groups_text(a) := concat(", ", sort(object.get(a, "groups", []))) if {
+	count(object.get(a, "groups", [])) > 0
+} else := "none"
 
 is_owner(user) if {
 	present(model, "owner")

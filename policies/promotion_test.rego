@@ -248,3 +248,74 @@ test_unknown_stage_is_denied if {
 	r := result with input as {"model": good_model, "stage": "prod", "approvals": bob_approves}
 	r == {"decision": "deny", "violations": ["unknown_stage: prod is not a stage; use staging, production or archived"]}
 }
+
+# --- approver groups and the approved artifact ------------------------------------------
+
+risk_only := object.union(data.aiml024.thresholds, {"required_approver_groups": {"production": ["risk-officer"]}})
+
+approval_by(user, groups) := {"user": user, "stage": "production", "at": "2024-05-01T10:00:00Z", "groups": groups}
+
+grouped(approvals) := r if {
+	r := result with input as {"model": good_model, "stage": "production", "approvals": approvals}
+		with data.aiml024.thresholds as risk_only
+}
+
+test_any_approver_counts_when_no_group_is_required if {
+	data.aiml024.thresholds.required_approver_groups.production == []
+	r := result with input as {"model": good_model, "stage": "production", "approvals": [approval_by("bob", [])]}
+	r == {"decision": "allow", "violations": []}
+}
+
+test_approver_in_required_group_counts if {
+	grouped([approval_by("bob", ["ml-eng", "risk-officer"])]) == {"decision": "allow", "violations": []}
+}
+
+test_approver_outside_required_groups_does_not_count if {
+	r := grouped([approval_by("bob", ["ml-eng"])])
+	r.decision == "require_approval"
+	r.violations == [
+		"approval_ignored: bob is not in any of the groups risk-officer required to approve production (their groups: ml-eng)",
+		"approval_required: promotion to production needs an approval from someone other than the owner alice who is in one of the groups risk-officer (approved so far by: bob)",
+	]
+}
+
+test_approver_without_groups_does_not_count_when_a_group_is_required if {
+	r := grouped([approval_by("bob", [])])
+	r.decision == "require_approval"
+	"approval_ignored: bob is not in any of the groups risk-officer required to approve production (their groups: none)" in r.violations
+}
+
+test_owner_in_required_group_still_does_not_count if {
+	r := grouped([approval_by("alice", ["risk-officer"])])
+	r.decision == "require_approval"
+	r.violations == ["approval_required: promotion to production needs an approval from someone other than the owner alice who is in one of the groups risk-officer (approved so far by: alice)"]
+}
+
+test_malformed_group_setting_denies if {
+	broken := object.union(data.aiml024.thresholds, {"required_approver_groups": {"production": "risk-officer"}})
+	r := result with input as prod(good_model) with data.aiml024.thresholds as broken
+	denied_with(r, `policy_error: thresholds.required_approver_groups.production must be a list of group names, not "risk-officer"`)
+}
+
+test_approval_of_this_artifact_counts if {
+	approval := object.union(approval_by("bob", []), {"sha256": good_model.sha256})
+	prod_result_with([approval]).decision == "allow"
+}
+
+test_approval_of_another_artifact_does_not_count if {
+	other := "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+	r := prod_result_with([object.union(approval_by("bob", []), {"sha256": other})])
+	r.decision == "require_approval"
+	r.violations == [
+		"approval_ignored: bob approved artifact ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff, not this model's 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef; approve this version again",
+		"approval_required: promotion to production needs an approval from someone other than the owner alice (approved so far by: bob)",
+	]
+}
+
+test_approval_with_null_sha256_counts if {
+	prod_result_with([object.union(approval_by("bob", []), {"sha256": null})]).decision == "allow"
+}
+
+prod_result_with(approvals) := r if {
+	r := result with input as {"model": good_model, "stage": "production", "approvals": approvals}
+}

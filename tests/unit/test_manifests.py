@@ -8,6 +8,7 @@ configMapGenerator with name suffix hashes left out, images).
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from tests.schema_validation import validate_against_crd
+
+from aiml024.policy import PIN_FILE, load_bundle, read_pin
+from aiml024.policy.engine import OPA_MANIFEST
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -33,13 +37,48 @@ CLUSTER_SCOPED = {
 CERT_MANAGER = {"Certificate", "Issuer"}
 
 
+# Strategic-merge keys of the lists the patches touch (as in the Kubernetes API types).
+MERGE_KEYS = {"containers": "name", "env": "name", "volumes": "name", "volumeMounts": "mountPath"}
+
+
+def _merge(base: Any, patch: Any, field: str = "") -> Any:
+    """A strategic merge patch, for the maps and keyed lists the kustomization patches."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {
+            **base,
+            **{k: _merge(base[k], v, k) if k in base else v for k, v in patch.items()},
+        }
+    key = MERGE_KEYS.get(field)
+    if key and isinstance(base, list) and isinstance(patch, list):
+        merged = list(base)
+        for item in patch:
+            at = next((i for i, b in enumerate(merged) if b.get(key) == item.get(key)), None)
+            if at is None:
+                merged.insert(0, item)  # kustomize puts patched-in items first
+            else:
+                merged[at] = _merge(merged[at], item)
+        return merged
+    return patch
+
+
 def _minimal_build(root: Path) -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
     for resource in kustomization.get("resources", []):
         docs += [d for d in yaml.safe_load_all((root / resource).read_text()) if d]
+    for patch in kustomization.get("patches", []):
+        change = yaml.safe_load((root / patch["path"]).read_text())
+        for i, doc in enumerate(docs):
+            if (doc["kind"], doc["metadata"]["name"]) == (
+                change["kind"],
+                change["metadata"]["name"],
+            ):
+                docs[i] = _merge(doc, {k: v for k, v in change.items() if k != "metadata"})
     for generator in kustomization.get("configMapGenerator", []):
-        data = {Path(f).name: (root / f).read_text() for f in generator["files"]}
+        data = {}
+        for entry in generator["files"]:
+            key, _, path = entry.rpartition("=")
+            data[key or Path(path).name] = (root / path).read_text()
         docs.append(
             {
                 "apiVersion": "v1",
@@ -91,7 +130,7 @@ def test_copies_of_crds_and_policies_are_identical() -> None:
                 p.name
                 for p in (REPO / "policies").iterdir()
                 if (p.suffix == ".rego" and not p.name.endswith("_test.rego"))
-                or p.name == "data.json"
+                or p.name in ("data.json", PIN_FILE, OPA_MANIFEST)
             ),
         ),
     ):
@@ -100,6 +139,14 @@ def test_copies_of_crds_and_policies_are_identical() -> None:
             assert filecmp.cmp(copy_dir / name, source / name, shallow=False), (
                 f"{copy_dir / name} differs from {source / name}: cp {source / name} {copy_dir}/"
             )
+
+
+def test_policy_copies_are_pinned_and_opa_gets_their_digest_as_revision() -> None:
+    bundle = load_bundle(MANIFESTS / "policies")  # raises unless the copy matches its pin
+    assert read_pin(MANIFESTS / "policies").bundle_digest == bundle.digest
+    manifest = json.loads((MANIFESTS / "policies" / OPA_MANIFEST).read_text())
+    assert manifest == {"revision": bundle.digest, "roots": ["aiml024"], "rego_version": 1}
+    assert load_bundle(REPO / "policies").digest == bundle.digest
 
 
 def test_every_built_in_kind_is_valid_kubernetes(built: list[dict[str, Any]]) -> None:
@@ -211,3 +258,127 @@ def _name(requirement: str) -> str:
     import re
 
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+# --- OPA, locked down ---------------------------------------------------------------------
+
+
+def _opa_pod(built: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(_one(built, "Deployment", "aiml024-opa")["spec"]["template"]["spec"])
+
+
+def test_opa_image_is_pinned_by_version(built: list[dict[str, Any]]) -> None:
+    image = _opa_pod(built)["containers"][0]["image"]
+    name, _, tag = image.rpartition(":")
+    assert name == "openpolicyagent/opa"
+    assert tag and tag != "latest" and tag[0].isdigit(), image
+    raw = yaml.safe_load_all((MANIFESTS / "opa.yaml").read_text())
+    assert (
+        next(d for d in raw if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]["image"]
+        == image
+    ), "opa.yaml and kustomization.yaml pin different OPA versions"
+
+
+def test_opa_serves_bundles_behind_token_authentication(built: list[dict[str, Any]]) -> None:
+    pod = _opa_pod(built)
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["run", "--server"]
+    assert {"--authentication=token", "--authorization=basic"} <= set(args)
+    bundles = args[args.index("--bundle") + 1 :]
+    assert bundles == ["/bundles/aiml024", "/bundles/authz"]
+    assert not any(a.startswith(("--set", "--config-file", "-w", "--watch")) for a in args)
+    assert pod["automountServiceAccountToken"] is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID")
+    assert all("hostPort" not in p for p in container["ports"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = _one(built, "Service", "aiml024-opa")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert all("nodePort" not in p for p in service["spec"]["ports"])
+
+
+def test_every_bundle_file_is_mounted_into_opa(built: list[dict[str, Any]]) -> None:
+    pod = _opa_pod(built)
+    mounts = pod["containers"][0]["volumeMounts"]
+    volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"]}
+    for prefix, config_map, skipped in (
+        ("/bundles/aiml024", "aiml024-policies", {PIN_FILE}),
+        ("/bundles/authz", "aiml024-opa-authz", set()),
+    ):
+        data = _one(built, "ConfigMap", config_map)
+        keys = set(data["data"]) - skipped
+        mounted = {
+            m["subPath"]: m["mountPath"]
+            for m in mounts
+            if volumes.get(m["name"]) == data["metadata"]["name"]
+        }
+        assert set(mounted) == keys, f"mount every key of {config_map} with subPath"
+        assert all(path == f"{prefix}/{key}" for key, path in mounted.items())
+        assert all(m.get("readOnly") for m in mounts)
+    manifests = {
+        name: json.loads(_one(built, "ConfigMap", name)["data"][OPA_MANIFEST])
+        for name in ("aiml024-policies", "aiml024-opa-authz")
+    }
+    assert manifests["aiml024-policies"]["roots"] == ["aiml024"]
+    assert manifests["aiml024-opa-authz"]["roots"] == ["system/authz"]
+
+
+def test_only_the_operator_reaches_opa(built: list[dict[str, Any]]) -> None:
+    policies = [d for d in built if d["kind"] == "NetworkPolicy"]
+    opa_labels = _opa_pod(built)
+    opa_pod_labels = _one(built, "Deployment", "aiml024-opa")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    operator_labels = _one(built, "Deployment", "aiml024-operator")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    selecting = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"]["matchLabels"].items() <= opa_pod_labels.items()
+    ]
+    assert len(selecting) == 1, "exactly one NetworkPolicy selects OPA's pods"
+    spec = selecting[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "aiml024-system"
+    }
+    port = opa_labels["containers"][0]["ports"][0]["containerPort"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def test_opa_and_the_operator_share_the_token_secret(built: list[dict[str, Any]]) -> None:
+    opa_env = {e["name"]: e for e in _opa_pod(built)["containers"][0]["env"]}
+    ref = opa_env["AIML024_OPA_TOKEN"]["valueFrom"]["secretKeyRef"]
+    pod = _one(built, "Deployment", "aiml024-operator")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    token_file = Path(env["AIML024_OPA_TOKEN_FILE"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(token_file.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == ref["name"] == "aiml024-opa-token"
+    assert volume["secret"]["items"] == [{"key": ref["key"], "path": token_file.name}]
+    assert env["AIML024_OPA_URL"].startswith("http://aiml024-opa.aiml024-system.svc:")
+    # The Secret itself is created at install time, never committed.
+    assert not any(d["kind"] == "Secret" for d in built)
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="needs kubectl to compare with")
+def test_minimal_builder_agrees_with_kustomize_on_workloads(built: list[dict[str, Any]]) -> None:
+    def pods(docs: list[dict[str, Any]], hashed: bool) -> dict[str, Any]:
+        found = {}
+        for doc in docs:
+            if doc["kind"] == "Deployment":
+                spec = json.loads(json.dumps(doc["spec"]["template"]["spec"]))
+                for volume in spec.get("volumes", []):
+                    if hashed and "configMap" in volume:  # kustomize's content-hash suffix
+                        volume["configMap"]["name"] = volume["configMap"]["name"].rsplit("-", 1)[0]
+                found[doc["metadata"]["name"]] = spec
+        return found
+
+    assert pods(_minimal_build(MANIFESTS), hashed=False) == pods(built, hashed=True)

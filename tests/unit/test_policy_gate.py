@@ -1,4 +1,4 @@
-"""The promotion gate: the product's Rego policy, its tests, and failing closed."""
+"""The promotion gate: the product's Rego policy, its tests, the pin, and failing closed."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from aiml024.policy import (
     evaluate,
     policy_input,
     promotion_decision,
+    write_pin,
 )
 from aiml024.policy.engine import rego_tests, run_rego_test
 
@@ -84,11 +85,12 @@ def test_rego_unit_test_passes(rule: str) -> None:
     assert run_rego_test(POLICIES, rule), f"{rule} failed (policies/promotion_test.rego)"
 
 
-def test_every_violation_rule_has_a_rego_test() -> None:
-    policy = (POLICIES / "promotion.rego").read_text()
-    tests = (POLICIES / "promotion_test.rego").read_text()
+@pytest.mark.parametrize("package", ["promotion", "deployment"])
+def test_every_violation_rule_has_a_rego_test(package: str) -> None:
+    policy = (POLICIES / f"{package}.rego").read_text()
+    tests = (POLICIES / f"{package}_test.rego").read_text()
     rule_ids = set(re.findall(r'"([a-z0-9_]+): ', policy))
-    assert {"metric_below_threshold", "not_better_than_baseline", "pii_unhandled"} <= rule_ids
+    assert len(rule_ids) >= 5
     untested = sorted(r for r in rule_ids if f"{r}:" not in tests and f'"{r}"' not in tests)
     assert untested == []
 
@@ -156,6 +158,7 @@ def test_directory_with_only_tests_denies(tmp_path: Path) -> None:
 
 def test_syntax_error_denies_with_policy_error(policy_dir: Path) -> None:
     (policy_dir / "extra.rego").write_text("package aiml024.promotion\n\nallow if {\n")
+    write_pin(policy_dir)
     result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
     assert result.decision == "deny"
     assert result.violations == ["policy_error: extra.rego:4:1: expecting expression"]
@@ -167,6 +170,7 @@ def test_runtime_error_denies_with_policy_error(policy_dir: Path) -> None:
         "n := count(input.approvals)\n\n"
         'result := {"decision": "allow", "violations": [sprintf("%v", [1 / n])]}\n'
     )
+    write_pin(policy_dir)
     result = evaluate(make_model(), "production", policy_dir, [])
     assert result.decision == "deny"
     assert result.violations == [
@@ -186,6 +190,7 @@ def test_runtime_error_denies_with_policy_error(policy_dir: Path) -> None:
 )
 def test_missing_or_malformed_result_denies(policy_dir: Path, rule: str, problem: str) -> None:
     (policy_dir / "promotion.rego").write_text(f"package aiml024.promotion\n\n{rule}\n")
+    write_pin(policy_dir)
     result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
     assert result.decision == "deny"
     assert result.violations[0].startswith("policy_error: ")
@@ -194,6 +199,7 @@ def test_missing_or_malformed_result_denies(policy_dir: Path, rule: str, problem
 
 def test_invalid_data_json_denies(policy_dir: Path) -> None:
     (policy_dir / "data.json").write_text("{not json")
+    write_pin(policy_dir)
     result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
     assert result.decision == "deny"
     assert result.violations[0].startswith("policy_error: data.json: ")
@@ -201,6 +207,7 @@ def test_invalid_data_json_denies(policy_dir: Path) -> None:
 
 def test_missing_thresholds_deny(policy_dir: Path) -> None:
     (policy_dir / "data.json").unlink()
+    write_pin(policy_dir)
     result = evaluate(make_model(), "production", policy_dir, [approval("bob")])
     assert result.decision == "deny"
     assert "policy_error: data.aiml024.thresholds is not loaded (policies/data.json)" in (
@@ -220,12 +227,17 @@ def test_digest_changes_when_a_policy_or_threshold_changes(policy_dir: Path) -> 
 
     policy = policy_dir / "promotion.rego"
     policy.write_text(policy.read_text() + "\n# a comment\n")
+    write_pin(policy_dir)
     after_policy = evaluate(model, "production", policy_dir, approvals).bundle_digest
-    assert after_policy != before
+    assert after_policy not in ("", before)
 
     data = policy_dir / "data.json"
     data.write_text(data.read_text().replace('"max_disparity": 0.1', '"max_disparity": 0.05'))
-    assert evaluate(model, "production", policy_dir, approvals).bundle_digest != after_policy
+    write_pin(policy_dir)
+    assert evaluate(model, "production", policy_dir, approvals).bundle_digest not in (
+        "",
+        after_policy,
+    )
 
 
 # --- the input document and the promotion decision -----------------------------------------
@@ -236,7 +248,15 @@ def test_policy_input_is_the_documented_document() -> None:
     assert set(doc) == {"model", "stage", "approvals", "config"}
     assert doc["stage"] == "production"
     assert doc["approvals"] == [
-        {"user": "bob", "stage": "production", "at": "2024-05-01T10:00:00Z", "comment": ""}
+        {
+            "user": "bob",
+            "stage": "production",
+            "at": "2024-05-01T10:00:00Z",
+            "comment": "",
+            "groups": [],
+            "keyId": None,
+            "sha256": None,
+        }
     ]
     model = doc["model"]
     assert model["owner"] == "alice"

@@ -18,12 +18,23 @@ def _float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     compile: CompileOptions = field(default_factory=CompileOptions)
     policy_dir: Path = field(default_factory=default_policy_dir)
     opa_url: str | None = None  # e.g. http://aiml024-opa.aiml024-system.svc:8181
     policy_timeout: float = 2.0
+    # The bundle digest the policies must have (`aiml024 policy pin` prints it); unset: any
+    # pinned policy set. OPA must serve the same digest as its bundle revision either way.
+    expected_policy_digest: str | None = None
+    # The bearer token for OPA: a file (a mounted Secret, read on every call) or the value.
+    opa_token: str | None = field(default=None, repr=False)
+    opa_token_file: Path | None = None
     prometheus_url: str | None = None
     # Where each predictor's own metrics are when there is no Prometheus (Seldon v1 names the
     # predictor Service <deployment>-<predictor>; its executor serves /prometheus on 8000).
@@ -49,6 +60,9 @@ class OperatorConfig:
             policy_dir=default_policy_dir(),
             opa_url=env("AIML024_OPA_URL") or None,
             policy_timeout=_float("AIML024_POLICY_TIMEOUT", 2.0),
+            expected_policy_digest=env("AIML024_POLICY_DIGEST") or None,
+            opa_token=env("AIML024_OPA_TOKEN") or None,
+            opa_token_file=_path("AIML024_OPA_TOKEN_FILE"),
             prometheus_url=env("AIML024_PROMETHEUS_URL") or None,
             metrics_url=env("AIML024_METRICS_URL") or cls.metrics_url,
             slo_interval=_float("AIML024_SLO_INTERVAL", 30.0),

@@ -1,8 +1,26 @@
-"""The promotion gate: Rego policies over a Model's evidence, evaluated in-process."""
+"""The policy gates: Rego policies over a Model's evidence (promotion) and over what a
+Deployment serves where (deployment), evaluated in-process from a pinned policy set."""
 
 from __future__ import annotations
 
-from .engine import PolicyBundle, PolicyEngine, PolicyError, RegorusEngine, load_bundle
+from .deployment import (
+    DEPLOYMENT_QUERY,
+    ENVIRONMENT_LABEL,
+    deployment_input,
+    evaluate_deployment,
+)
+from .engine import (
+    PIN_FILE,
+    PolicyBundle,
+    PolicyEngine,
+    PolicyError,
+    PolicyPin,
+    RegorusEngine,
+    load_bundle,
+    pin_mismatches,
+    read_pin,
+    write_pin,
+)
 from .gate import (
     RESULT_QUERY,
     GateResult,
@@ -13,15 +31,24 @@ from .gate import (
 )
 
 __all__ = [
+    "DEPLOYMENT_QUERY",
+    "ENVIRONMENT_LABEL",
+    "PIN_FILE",
     "RESULT_QUERY",
     "GateResult",
     "PolicyBundle",
     "PolicyEngine",
     "PolicyError",
+    "PolicyPin",
     "RegorusEngine",
     "default_policy_dir",
+    "deployment_input",
     "evaluate",
+    "evaluate_deployment",
     "load_bundle",
+    "pin_mismatches",
     "policy_input",
     "promotion_decision",
+    "read_pin",
+    "write_pin",
 ]

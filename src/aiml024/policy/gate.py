@@ -1,12 +1,14 @@
 """The promotion gate: a Model's evidence -> Rego input -> allow / deny / require_approval.
 
-Fails closed: a missing directory, no policies, a parse or evaluation error and a missing or
-malformed result all deny with a `policy_error: ...` violation.
+Fails closed: a missing or unreadable directory, no policies, a policy set that does not match
+its pin (or the expected digest), a parse or evaluation error, a missing or malformed result and
+any other error all deny with a `policy_error: ...` violation.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -86,36 +88,66 @@ def evaluate(
     policy_dir: Path,
     approvals: list[Approval] | None = None,
     engine: PolicyEngine | None = None,
+    *,
+    expected_digest: str | None = None,
 ) -> GateResult:
     """Evaluate data.aiml024.promotion.result for promoting `model` to `stage`."""
+    return decide(
+        RESULT_QUERY,
+        DECISIONS,
+        lambda: policy_input(model, stage, approvals),
+        policy_dir,
+        stage,
+        engine,
+        expected_digest,
+    )
+
+
+def decide(
+    query: str,
+    decisions: tuple[str, ...],
+    build_input: Callable[[], dict[str, Any]],
+    policy_dir: Path,
+    stage: str,
+    engine: PolicyEngine | None = None,
+    expected_digest: str | None = None,
+) -> GateResult:
+    """Load the pinned bundle, evaluate `query` over the input, read {decision, violations}.
+
+    Every failure is a deny with a `policy_error: ...` violation, never an exception.
+    """
     digest = ""
     try:
-        bundle = load_bundle(Path(policy_dir))
+        bundle = load_bundle(Path(policy_dir), expected_digest=expected_digest)
         digest = bundle.digest
-        raw = (engine or RegorusEngine()).evaluate(
-            bundle, RESULT_QUERY, policy_input(model, stage, approvals)
-        )
-        decision, violations = _read_result(raw)
+        raw = (engine or RegorusEngine()).evaluate(bundle, query, build_input())
+        decision, violations = read_result(raw, query, decisions)
     except PolicyError as error:
         return GateResult("deny", [f"policy_error: {error}"], digest, stage)
+    except Exception as error:  # noqa: BLE001 - fail closed on whatever went wrong
+        reason = f"{type(error).__name__}: {error}"
+        return GateResult("deny", [f"policy_error: unexpected error: {reason}"], digest, stage)
     return GateResult(decision, violations, digest, stage)
 
 
-def _read_result(raw: Any) -> tuple[str, list[str]]:
+def read_result(
+    raw: Any, query: str = RESULT_QUERY, decisions: tuple[str, ...] = DECISIONS
+) -> tuple[str, list[str]]:
+    """(decision, violations) from a result document; PolicyError when it is malformed."""
     if raw is None:
-        raise PolicyError(f"{RESULT_QUERY} is undefined; the policies must define it")
+        raise PolicyError(f"{query} is undefined; the policies must define it")
     if not isinstance(raw, dict):
-        raise PolicyError(f"{RESULT_QUERY} is malformed: expected an object, got {raw!r}")
+        raise PolicyError(f"{query} is malformed: expected an object, got {raw!r}")
     decision = raw.get("decision")
-    if decision not in DECISIONS:
+    if decision not in decisions:
         raise PolicyError(
-            f"{RESULT_QUERY} is malformed: decision must be one of {', '.join(DECISIONS)}, "
+            f"{query} is malformed: decision must be one of {', '.join(decisions)}, "
             f"got {decision!r}"
         )
     violations = raw.get("violations", [])
     if not isinstance(violations, list) or not all(isinstance(v, str) for v in violations):
         raise PolicyError(
-            f"{RESULT_QUERY} is malformed: violations must be a list of strings, got {violations!r}"
+            f"{query} is malformed: violations must be a list of strings, got {violations!r}"
         )
     if decision == "deny" and not violations:
         violations = ["policy_denied: the policy denied without naming a violation"]
