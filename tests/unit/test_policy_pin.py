@@ -253,3 +253,12 @@ def test_cli_pin_reports_an_empty_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["pin", "--dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "no policies" in result.output
+
+
+def test_cli_pin_refuses_a_policy_that_does_not_compile(policy_dir: Path) -> None:
+    before = (policy_dir / PIN_FILE).read_text()
+    (policy_dir / "broken.rego").write_text("package aiml024.promotion\n\nallow if {\n")
+    result = CliRunner().invoke(app, ["pin", "--dir", str(policy_dir)])
+    assert result.exit_code == 1
+    assert "broken.rego:4:1: expecting expression" in result.output
+    assert (policy_dir / PIN_FILE).read_text() == before

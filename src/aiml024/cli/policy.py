@@ -12,7 +12,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..policy import PIN_FILE, PolicyError, default_policy_dir, load_bundle, read_pin, write_pin
+from ..policy import (
+    PIN_FILE,
+    PolicyError,
+    RegorusEngine,
+    default_policy_dir,
+    load_bundle,
+    read_pin,
+    write_pin,
+)
 from ..policy.engine import OPA_MANIFEST, pin_mismatches
 
 app = typer.Typer(
@@ -46,7 +54,8 @@ def pin(directory: DirOpt = None) -> None:
     """Record the sha256 of every module and of data.json, and the bundle digest.
 
     Writes policy-pin.json (checked by the gates on every evaluation) and OPA's .manifest
-    (its revision is the bundle digest the operator expects OPA to serve).
+    (its revision is the bundle digest the operator expects OPA to serve). Refuses a policy
+    set that does not compile.
     """
     policy_dir = directory or default_policy_dir()
     try:
@@ -54,6 +63,7 @@ def pin(directory: DirOpt = None) -> None:
     except PolicyError:
         before = None
     try:
+        RegorusEngine().load(load_bundle(policy_dir, verify_pin=False))
         pinned = write_pin(policy_dir)
     except PolicyError as error:
         _fail(str(error))
