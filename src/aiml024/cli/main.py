@@ -19,6 +19,7 @@ from ..local.manifests import load_manifests
 from ..local.store import NotFound, StoreBusy, state_home
 from . import views
 from .keys import app as keys_app
+from .policy import app as policy_app
 
 app = typer.Typer(
     name="aiml024",
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_app, name="keys", help="Your signing keys for approvals.")
+app.add_typer(policy_app, name="policy", help="Pin and verify the policy set.")
 # Like kubectl, never fold table rows when the output goes to a pipe or a file.
 console = Console(width=None if sys.stdout.isatty() else 400)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 400)

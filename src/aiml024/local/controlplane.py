@@ -23,7 +23,7 @@ from ..api import Deployment, Experiment, Model, ModelStatus
 from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
-from ..policy import default_policy_dir, evaluate
+from ..policy import default_policy_dir, deployment_input, evaluate, evaluate_deployment
 from ..reconcile import approvals as approval_rules
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
@@ -332,6 +332,13 @@ class LocalControlPlane:
         models = {m["metadata"]["name"]: Model.model_validate(m) for m in self.store.list("Model")}
         try:
             plan = deployment_rules.plan_predictors(dep, models)
+            # One machine has no Namespace objects, so no namespace is labelled an environment.
+            routed = deployment_rules.routed_models(dep, models)
+            gate = evaluate_deployment(deployment_input(dep, routed, {}), self.policy_dir)
+            if gate.decision != "allow":
+                raise deployment_rules.NotServable(
+                    "the deployment policy refuses it: " + "; ".join(gate.violations)
+                )
         except deployment_rules.NotServable as waiting:
             status = deployment_rules.deployment_status(dep, None, None, _now(), str(waiting))
             self._set_status(dep, status.wire())

@@ -33,6 +33,7 @@ from ..reconcile.model import stage_reaches
 from ..signing import is_approval_annotation
 from . import policy
 from .config import OperatorConfig
+from .deployment import deployment_policy_gate
 from .kube import MODELS, Kube
 from .model import approvers
 
@@ -69,7 +70,9 @@ def validate_experiment(config: OperatorConfig, body: Obj) -> None:
         raise kopf.AdmissionError(str(error), code=422) from None
 
 
-def validate_deployment(body: Obj) -> None:
+async def validate_deployment(kube: Kube, config: OperatorConfig, body: Obj) -> None:
+    """The spec's own rules, then the deployment policy over the Models it names as they are
+    recorded now (the operator asks again before every change it makes to what serves)."""
     dep = _parse(Deployment, body)
     strategy = dep.spec.strategy
     for other in (strategy.canary, strategy.shadow):
@@ -79,6 +82,13 @@ def validate_deployment(body: Obj) -> None:
                 f"({dep.spec.model})",
                 code=422,
             )
+    gate = await deployment_policy_gate(kube, config, dep)
+    if gate.decision != "allow":
+        raise kopf.AdmissionError(
+            f"deployment {dep.metadata.name} refused by the deployment policy: "
+            + "; ".join(gate.violations),
+            code=403,
+        )
 
 
 async def validate_model(config: OperatorConfig, body: Obj, old: Obj | None, user: str) -> None:

@@ -19,10 +19,11 @@ import kopf
 
 from ..api import Deployment, DeploymentStatus, Model
 from ..compiler import ServedModel, compile_deployment
+from ..policy import GateResult
 from ..reconcile import deployment as deployment_rules
-from . import slo
+from . import policy, slo
 from .config import OperatorConfig
-from .kube import BY_KIND, DEPLOYMENTS, MODELS, SELDON, Conflict, Kube
+from .kube import BY_KIND, DEPLOYMENTS, MODELS, NAMESPACES, SELDON, Conflict, Kube
 from .rules import live_split, seldon_ready
 
 Obj = dict[str, Any]
@@ -43,6 +44,16 @@ async def _models(kube: Kube, dep: Deployment) -> dict[str, Model]:
     names = {dep.spec.model, *(s.model for s in (strategy.canary, strategy.shadow) if s)}
     found = await asyncio.gather(*(kube.get(MODELS, dep.metadata.namespace, n) for n in names))
     return {m["metadata"]["name"]: Model.model_validate(m) for m in found if m is not None}
+
+
+async def deployment_policy_gate(kube: Kube, config: OperatorConfig, dep: Deployment) -> GateResult:
+    """The deployment policy for `dep`, with its Models and its namespace's labels as stored."""
+    models = await _models(kube, dep)
+    ns = await kube.get(NAMESPACES, None, dep.metadata.namespace or "default") or {}
+    labels = dict((ns.get("metadata") or {}).get("labels") or {})
+    return await policy.deployment_gate(
+        config, dep, deployment_rules.routed_models(dep, models), labels
+    )
 
 
 async def reconcile(
@@ -66,6 +77,11 @@ async def _reconcile_once(
     dep = Deployment.model_validate(body)
     try:
         plan = deployment_rules.plan_predictors(dep, await _models(kube, dep))
+        gate = await deployment_policy_gate(kube, config, dep)
+        if gate.decision != "allow":
+            raise deployment_rules.NotServable(
+                "the deployment policy refuses it: " + "; ".join(gate.violations)
+            )
     except deployment_rules.NotServable as waiting:
         status = deployment_rules.deployment_status(dep, None, None, _now(), str(waiting))
         if await kube.replace_status(DEPLOYMENTS, body, status.wire()) is not None:

@@ -183,8 +183,8 @@ def validate_model_status(
 @kopf.on.validate(
     GROUP, VERSION, "deployments", id="validate-deployment", operations=["CREATE", "UPDATE"]
 )
-def validate_deployment(body: kopf.Body, **_: Any) -> None:
-    admission.validate_deployment(dict(body))
+async def validate_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await admission.validate_deployment(memo.kube, memo.config, dict(body))
 
 
 def _raw(body: kopf.Body | None) -> dict[str, Any] | None:

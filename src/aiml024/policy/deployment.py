@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aiml024.api.common import ENVIRONMENT_LABEL
 from aiml024.api.deployment import Deployment
 from aiml024.api.model import Model
 
@@ -19,8 +20,7 @@ from .gate import GateResult, decide
 
 DEPLOYMENT_QUERY = "data.aiml024.deployment.result"
 DEPLOYMENT_DECISIONS = ("allow", "deny")
-# The namespace label that names an environment (policies/data.json may name another).
-ENVIRONMENT_LABEL = "aiml024.io/environment"
+__all__ = ["DEPLOYMENT_QUERY", "ENVIRONMENT_LABEL", "deployment_input", "evaluate_deployment"]
 
 
 def _model_entry(role: str, name: str, model: Model | None) -> dict[str, Any]:

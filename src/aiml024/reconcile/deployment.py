@@ -50,6 +50,14 @@ def servable_problem(model: Model, required: str) -> str | None:
     return None
 
 
+def routed_models(dep: Deployment, models: dict[str, Model]) -> list[tuple[str, Model]]:
+    """(role, Model) for each of the Deployment's routes whose Model exists: what the
+    deployment policy (aiml024.policy.deployment_input) judges."""
+    return [
+        (route.role, models[route.model]) for route in dep.spec.routes() if route.model in models
+    ]
+
+
 def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
     model = models.get(name)
     if model is None:
