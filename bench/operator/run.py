@@ -67,6 +67,7 @@ def main() -> None:
     manifest["spec"]["data"]["uri"] = "s3://data/churn.csv.gz"
     seen: dict[str, float] = {}
     with Emulator() as api, tempfile.TemporaryDirectory() as tmp:
+        api.bind("default", "edit", user="alice")  # the emulator enforces RBAC
         port = free_port()
         wire_webhooks(api, port)
         operator = OperatorProcess(operator_env(api, port), Path(tmp) / "operator.log").start()
@@ -75,7 +76,11 @@ def main() -> None:
         def watch() -> None:
             url = f"{api.url}/apis/argoproj.io/v1alpha1/workflows"
             with httpx.stream(
-                "GET", url, params={"watch": "true", "resourceVersion": str(api.rv)}, timeout=None
+                "GET",
+                url,
+                params={"watch": "true", "resourceVersion": str(api.rv)},
+                headers={"Authorization": "Bearer admin"},
+                timeout=None,
             ) as stream:
                 for line in stream.iter_lines():
                     event = json.loads(line)

@@ -21,6 +21,24 @@ KINDS = {
     "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),
     "Event": ("", "v1", "events"),
     "Namespace": ("", "v1", "namespaces"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Secret": ("", "v1", "secrets"),
+    "Pod": ("", "v1", "pods"),
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "ClusterRole": ("rbac.authorization.k8s.io", "v1", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
+    "SubjectAccessReview": ("authorization.k8s.io", "v1", "subjectaccessreviews"),
+    "SelfSubjectAccessReview": ("authorization.k8s.io", "v1", "selfsubjectaccessreviews"),
+    "LocalSubjectAccessReview": ("authorization.k8s.io", "v1", "localsubjectaccessreviews"),
+}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "SubjectAccessReview",
+    "SelfSubjectAccessReview",
 }
 
 
@@ -35,11 +53,23 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, user: str = "alice", namespace: str = "default"):
+    """Requests as `user` (the bearer token; `groups` are sent in it as `user|g1,g2`).
+    `warnings` holds the Warning headers of the last answer (e.g. pruned unknown fields)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str = "alice",
+        namespace: str = "default",
+        groups: list[str] | None = None,
+    ):
+        token = user + ("|" + ",".join(groups) if groups else "")
         self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {user}"}, timeout=30
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
+        self.url, self.user = url, user
         self.namespace = namespace
+        self.warnings: list[str] = []
 
     def close(self) -> None:
         self.http.close()
@@ -53,20 +83,45 @@ class Client:
     ) -> str:
         group, version, plural = KINDS[kind]
         root = f"/apis/{group}/{version}" if group else f"/api/{version}"
-        if kind != "Namespace":
+        if kind not in CLUSTER_SCOPED:
             root += f"/namespaces/{namespace or self.namespace}"
         return root + f"/{plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Obj:
         rsp = self.http.request(method, path, **kwargs)
+        self.warnings = rsp.headers.get_list("Warning")
         body = rsp.json() if rsp.content else {}
         if rsp.status_code >= 400:
             raise ApiError(rsp.status_code, body)
         return body  # type: ignore[no-any-return]
 
-    def create(self, manifest: Obj) -> Obj:
+    @staticmethod
+    def _params(dry_run: bool, field_validation: str | None = None) -> dict[str, str]:
+        params = {"dryRun": "All"} if dry_run else {}
+        if field_validation:
+            params["fieldValidation"] = field_validation
+        return params
+
+    def create(
+        self, manifest: Obj, dry_run: bool = False, field_validation: str | None = None
+    ) -> Obj:
         ns = manifest.get("metadata", {}).get("namespace")
-        return self._send("POST", self.path(manifest["kind"], namespace=ns), json=manifest)
+        return self._send(
+            "POST",
+            self.path(manifest["kind"], namespace=ns),
+            json=manifest,
+            params=self._params(dry_run, field_validation),
+        )
+
+    def update(self, manifest: Obj, sub: str | None = None, dry_run: bool = False) -> Obj:
+        """PUT the whole object (its metadata.resourceVersion, if any, must be current)."""
+        meta = manifest["metadata"]
+        return self._send(
+            "PUT",
+            self.path(manifest["kind"], meta["name"], sub, meta.get("namespace")),
+            json=manifest,
+            params=self._params(dry_run),
+        )
 
     def get(self, kind: str, name: str) -> Obj:
         return self._send("GET", self.path(kind, name))
@@ -84,19 +139,50 @@ class Client:
         return self._send("GET", self.path(kind), params=params)["items"]  # type: ignore[no-any-return]
 
     def patch(
-        self, kind: str, name: str, patch: Any, sub: str | None = None, json_patch: bool = False
+        self,
+        kind: str,
+        name: str,
+        patch: Any,
+        sub: str | None = None,
+        json_patch: bool = False,
+        dry_run: bool = False,
+        field_validation: str | None = None,
     ) -> Obj:
         ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
         return self._send(
-            "PATCH", self.path(kind, name, sub), json=patch, headers={"Content-Type": ctype}
+            "PATCH",
+            self.path(kind, name, sub),
+            json=patch,
+            headers={"Content-Type": ctype},
+            params=self._params(dry_run, field_validation),
         )
 
     def annotate(self, kind: str, name: str, key: str, value: str | None) -> Obj:
         """`kubectl annotate [--overwrite] kind/name key=value` (None: `key-`)."""
         return self.patch(kind, name, {"metadata": {"annotations": {key: value}}})
 
-    def delete(self, kind: str, name: str) -> Obj:
-        return self._send("DELETE", self.path(kind, name))
+    def delete(self, kind: str, name: str, dry_run: bool = False) -> Obj:
+        return self._send("DELETE", self.path(kind, name), params=self._params(dry_run))
+
+    def can_i(
+        self, verb: str, resource: str, group: str = "", name: str = "", sub: str = ""
+    ) -> bool:
+        """`kubectl auth can-i` (a SelfSubjectAccessReview in this client's namespace)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": self.namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "subresource": sub,
+                    "name": name,
+                }
+            },
+        }
+        return bool(self.create(review)["status"]["allowed"])
 
     def events(self, name: str | None = None) -> list[Obj]:
         items = self.list("Event")
