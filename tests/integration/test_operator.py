@@ -290,6 +290,7 @@ def test_policy_denied_promotion(api: Emulator, operator: OperatorThread, ns: st
 
 def test_approval_needs_four_eyes(api: Emulator, operator: OperatorThread, ns: str) -> None:
     alice, bob = as_user(api, "alice", ns), as_user(api, "bob", ns)
+    api.bind(ns, "aiml024-approver", user="alice")  # an approver too: still not of her own model
     train(alice)
     alice.patch("Model", "churn-model", {"spec": {"stage": "production"}})
     model = alice.wait_for(
