@@ -783,6 +783,28 @@ def test_rbac_objects_are_served_and_escalation_is_refused(api: Emulator) -> Non
         "rules": [{"apiGroups": ["aiml024.io"], "resources": ["models"], "verbs": ["get"]}],
     }
     ada.create(reader)
+    # A namespace admin cannot widen `view` for everyone, nor make an aggregating role.
+    widen = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "sneaky", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }  # fmt: skip
+    assert _refused(403, ada.create, widen)  # no RBAC rights at the cluster scope at all
+    aggregating = {**widen, "metadata": {"name": "agg"}, "rules": [], "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}}  # fmt: skip
+    admin = Client(api.url, ADMIN)
+    api.put(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "clusterrole-maker"},
+            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["create"]}],
+        }
+    )  # fmt: skip
+    api.bind(None, "clusterrole-maker", user="ada")
+    assert "not currently held" in _refused(403, ada.create, widen)  # secrets only in team-a
+    assert "not currently held" in _refused(403, ada.create, aggregating)
+    assert admin.create(aggregating)["metadata"]["name"] == "agg"
     moved = {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}
     }

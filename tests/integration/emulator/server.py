@@ -1058,10 +1058,12 @@ class Emulator:
         name = obj["metadata"].get("name", "")
         if rt.kind in ("Role", "ClusterRole"):
             verb, rules = "escalate", obj.get("rules") or []
-            if rt.kind == "ClusterRole" and (obj.get("aggregationRule") or {}).get(
-                "clusterRoleSelectors"
-            ):
-                rules = []  # the aggregation controller fills them, from roles that exist
+            if rt.kind == "ClusterRole" and obj.get("aggregationRule"):
+                # It can gather anything: the API server asks for * on *.* (cluster-admin).
+                rules = [
+                    {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                    {"nonResourceURLs": ["*"], "verbs": ["*"]},
+                ]
             target, target_kind = name, rt.plural
         else:
             ref = obj.get("roleRef") or {}
