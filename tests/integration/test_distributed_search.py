@@ -143,7 +143,7 @@ def check_shared(tmp: Path, workers: list[dict[str, Any]], merged: dict[str, Any
     board_trials = {row["trial"] for row in merged["leaderboard"] if row.get("trial") is not None}
     by_worker = [set(w["trials"]) for w in workers]
     assert board_trials & by_worker[0] and board_trials & by_worker[1], "merge saw both workers"
-    shared = tmp / "store" / "churn" / "churn-g1" / "search"
+    shared = tmp / "store" / "default" / "churn" / "uid-churn" / "churn-g1" / "search"
     for row in merged["leaderboard"]:
         if row.get("trial") is not None:
             assert (shared / "oof" / f"trial-{row['trial']}.npy").exists()
@@ -205,7 +205,7 @@ def test_the_local_executor_runs_the_compiled_distributed_workflow(tmp_path: Pat
         {
             "apiVersion": "aiml024.io/v1alpha1",
             "kind": "Experiment",
-            "metadata": {"name": "churn"},
+            "metadata": {"name": "churn", "uid": "6f1c2b9a-0d3e-4f5a-8b7c-1e2d3f4a5b6c"},
             "spec": {**spec(), "data": {"uri": str(csv)}, "model": {"name": "churn-model"}},
         }
     )
