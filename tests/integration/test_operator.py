@@ -26,6 +26,8 @@ from tests.integration.emulator.harness import (
     OperatorThread,
     free_port,
     operator_env,
+    register_result,
+    run_succeeds,
     wire_webhooks,
     workflow_status,
 )
@@ -141,24 +143,20 @@ def reasons(client: Client, name: str, expected: set[str] | None = None) -> set[
 
 
 def train(
-    alice: Client, name: str = "churn", model: str = "churn-model", auc: float = 0.86
+    api: Emulator, alice: Client, name: str = "churn", model: str = "churn-model", auc: float = 0.86
 ) -> dict[str, Any]:
     """alice applies an Experiment; Argo runs it to success; the Model gets registered."""
     alice.create(experiment_manifest(name, model))
     alice.wait_for("Workflow", f"{name}-g1", lambda w: w is not None, what="to be created")
-    Client(alice.url, ARGO_USER, alice.namespace).patch(
-        "Workflow",
-        f"{name}-g1",
-        {"status": workflow_status(f"{name}-g1", "Succeeded", name, model=model, auc=auc)},
-    )
+    run_succeeds(api, alice.namespace, name, f"{name}-g1", model=model, auc=auc)
     alice.wait_for(
         "Experiment",
         name,
-        lambda e: e["status"]["modelName"] == model,
+        lambda e: e["status"]["modelName"] == f"{model}-v1",
         what="to register its model",
     )
     return alice.wait_for(
-        "Model", model, lambda m: m["status"]["policy"]["decision"], what="to be gated"
+        "Model", f"{model}-v1", lambda m: m["status"]["policy"]["decision"], what="to be gated"
     )
 
 
@@ -197,14 +195,14 @@ def test_experiment_lifecycle(api: Emulator, operator: OperatorThread, ns: str) 
     exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["trialsCompleted"] == 30)
     assert condition(exp, "Ready")["lastTransitionTime"] == since, "kept while status is unchanged"
 
-    controller.patch("Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Succeeded")})
+    run_succeeds(api, ns, "churn", "churn-g1")
     exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["modelName"])
     assert exp["status"]["phase"] == "Succeeded"
     assert exp["status"]["bestTrial"]["number"] == 17
     assert exp["status"]["leaderboard"][0]["name"] == "lightgbm"
     assert condition(exp, "Ready")["status"] == "True"
 
-    model = alice.wait_for("Model", "churn-model", lambda m: m["status"]["policy"])
+    model = alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["policy"])
     assert model["spec"]["owner"] == "alice", "the Experiment's author owns the model"
     assert model["status"]["sha256"] == SHA
     assert model["status"]["policy"]["decision"] == "allow"
@@ -212,7 +210,7 @@ def test_experiment_lifecycle(api: Emulator, operator: OperatorThread, ns: str) 
     assert model["status"]["stage"] == "staging"
     events = {"WorkflowCreated", "Training", "ModelRegistered"}
     assert events <= reasons(alice, "churn", events)
-    assert "PolicyAllowed" in reasons(alice, "churn-model", {"PolicyAllowed"})
+    assert "PolicyAllowed" in reasons(alice, "churn-model-v1", {"PolicyAllowed"})
 
     # A spec change is a new generation: a new Workflow, the old one's outcome stays recorded.
     alice.patch("Experiment", "churn", {"spec": {"search": {"trials": 10}}})
@@ -225,7 +223,7 @@ def test_experiment_lifecycle(api: Emulator, operator: OperatorThread, ns: str) 
     alice.delete("Experiment", "churn")
     alice.wait_for("Workflow", "churn-g1", lambda w: w is None, what="to be collected")
     alice.wait_for("Workflow", "churn-g2", lambda w: w is None, what="to be collected")
-    assert alice.find("Model", "churn-model") is not None
+    assert alice.find("Model", "churn-model-v1") is not None
 
 
 def test_failed_workflow_is_reported(api: Emulator, operator: OperatorThread, ns: str) -> None:
@@ -241,7 +239,7 @@ def test_failed_workflow_is_reported(api: Emulator, operator: OperatorThread, ns
     assert exp["status"]["message"] == "step search failed: OOMKilled (exit code 137)"
     assert condition(exp, "Ready")["reason"] == "WorkflowFailed"
     assert "WorkflowFailed" in reasons(alice, "churn", {"WorkflowFailed"})
-    assert alice.find("Model", "churn-model") is None
+    assert alice.find("Model", "churn-model-v1") is None
 
 
 def test_invalid_experiment_is_refused_by_admission(
@@ -278,56 +276,58 @@ def test_author_annotation_cannot_be_forged(
 
 def test_policy_denied_promotion(api: Emulator, operator: OperatorThread, ns: str) -> None:
     alice = as_user(api, "alice", ns)
-    model = train(alice, auc=0.61)
+    model = train(api, alice, auc=0.61)
     assert model["status"]["stage"] == "staging", "staging checks integrity only"
 
     with pytest.raises(ApiError) as refused:
-        alice.patch("Model", "churn-model", {"spec": {"stage": "production"}})
+        alice.patch("Model", "churn-model-v1", {"spec": {"stage": "production"}})
     assert refused.value.code == 403
     assert "metric_below_threshold: auc 0.61 < 0.7" in refused.value.message
-    assert alice.get("Model", "churn-model")["spec"]["stage"] == "staging"
+    assert alice.get("Model", "churn-model-v1")["spec"]["stage"] == "staging"
 
 
 def test_approval_needs_four_eyes(api: Emulator, operator: OperatorThread, ns: str) -> None:
     alice, bob = as_user(api, "alice", ns), as_user(api, "bob", ns)
     api.bind(ns, "aiml024-approver", user="alice")  # an approver too: still not of her own model
-    train(alice)
-    alice.patch("Model", "churn-model", {"spec": {"stage": "production"}})
+    train(api, alice)
+    alice.patch("Model", "churn-model-v1", {"spec": {"stage": "production"}})
     model = alice.wait_for(
-        "Model", "churn-model", lambda m: m["status"]["phase"] == "PendingApproval"
+        "Model", "churn-model-v1", lambda m: m["status"]["phase"] == "PendingApproval"
     )
     assert model["status"]["stage"] == "staging"
     assert model["status"]["policy"]["decision"] == "require_approval"
 
     with pytest.raises(ApiError) as refused:
-        alice.annotate("Model", "churn-model", "aiml024.io/approve", "production")
+        alice.annotate("Model", "churn-model-v1", "aiml024.io/approve", "production")
     assert refused.value.code == 403
-    assert "alice authored model churn-model and cannot approve it" in refused.value.message
+    assert "alice authored model churn-model-v1 and cannot approve it" in refused.value.message
 
     with pytest.raises(ApiError) as forged:
         bob.annotate(
             "Model",
-            "churn-model",
+            "churn-model-v1",
             "aiml024.io/approvals",
             '[{"user": "carol", "stage": "production", "at": "2026-01-01T00:00:00Z"}]',
         )
     assert forged.value.code == 403
 
-    approved = bob.annotate("Model", "churn-model", "aiml024.io/approve", "production")
+    approved = bob.annotate("Model", "churn-model-v1", "aiml024.io/approve", "production")
     assert "aiml024.io/approve" not in approved["metadata"]["annotations"]
     assert '"user":"bob"' in approved["metadata"]["annotations"]["aiml024.io/approvals"]
-    model = bob.wait_for("Model", "churn-model", lambda m: m["status"]["stage"] == "production")
+    model = bob.wait_for("Model", "churn-model-v1", lambda m: m["status"]["stage"] == "production")
     assert [a["user"] for a in model["status"]["approvals"]] == ["bob"]
     assert model["status"]["policy"]["decision"] == "allow"
-    assert "Promoted" in reasons(bob, "churn-model", {"Promoted"})
+    assert "Promoted" in reasons(bob, "churn-model-v1", {"Promoted"})
 
 
 # --- Deployment: canary and SLO rollback ------------------------------------------------------
 
 
 def _register_directly(api: Emulator, ns: str, name: str, sha: str) -> None:
-    """A registered Model as the operator leaves it (created by the operator's account)."""
+    """A registered Model as the operator leaves it (created by the operator's account), with
+    the evidence staging needs; the operator then gates it to staging."""
     registry = as_user(api, OPERATOR_USER, ns)
+    lineage = register_result("churn", "churn-g1")["model"]["status"]["lineage"]
     registry.create(
         {
             "apiVersion": "aiml024.io/v1alpha1",
@@ -343,8 +343,11 @@ def _register_directly(api: Emulator, ns: str, name: str, sha: str) -> None:
     registry.patch(
         "Model",
         name,
-        {"status": {"artifactUri": f"s3://models/{name}", "sha256": sha}},
+        {"status": {"artifactUri": f"s3://models/{name}", "sha256": sha, "lineage": lineage}},
         sub="status",
+    )
+    as_user(api, "alice", ns).wait_for(
+        "Model", name, lambda m: m["status"]["stage"] == "staging", what="to reach staging"
     )
 
 
@@ -372,6 +375,7 @@ def test_canary_rolls_back_on_slo_breach(api: Emulator, operator: OperatorThread
             "metadata": {"name": "churn"},
             "spec": {
                 "model": "churn-v1",
+                "requireStage": "staging",
                 "strategy": {"type": "canary", "canary": {"model": "churn-v2", "weight": 20}},
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 4},
                 "slo": {"latencyP95Ms": 150, "errorRate": 0.01},
@@ -452,15 +456,13 @@ def test_operator_killed_mid_run_recovers(api: Emulator, ns: str, tmp_path: Path
         process.kill()  # SIGKILL: no cleanup, no goodbye
 
     # While it is down, Argo finishes the run.
-    argo(api, ns).patch(
-        "Workflow", "churn-g1", {"status": workflow_status("churn-g1", "Succeeded")}
-    )
+    run_succeeds(api, ns, "churn", "churn-g1")
     restarted = OperatorThread().start()
     try:
         exp = alice.wait_for("Experiment", "churn", lambda e: e["status"]["modelName"])
         assert exp["status"]["phase"] == "Succeeded"
         assert [w["metadata"]["name"] for w in alice.list("Workflow")] == ["churn-g1"]
-        model = alice.wait_for("Model", "churn-model", lambda m: m["status"]["policy"])
+        model = alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["policy"])
         assert model["status"]["stage"] == "staging"
     finally:
         restarted.stop()
@@ -475,7 +477,7 @@ def test_operator_needs_nothing_beyond_its_cluster_role(
     """The emulator enforces RBAC and the operator runs as its ServiceAccount, bound only to
     the ClusterRole in manifests/rbac.yaml: none of its requests (in this module's scenarios)
     was refused, and that role is all it had."""
-    train(as_user(api, "alice", ns))
+    train(api, as_user(api, "alice", ns))
     used = {(verb, group, res) for user, verb, group, res in api.audit if user == OPERATOR_USER}
     assert ("create", "argoproj.io", "workflows") in used
     assert [d for d in api.denied if d[0] == OPERATOR_USER] == []

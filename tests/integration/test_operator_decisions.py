@@ -20,6 +20,8 @@ from aiml024.api.deployment import Slo
 from aiml024.operator import rules, slo
 from aiml024.operator.config import OperatorConfig
 from aiml024.operator.policy import gate
+from aiml024.policy import load_bundle
+from aiml024.reconcile import approvals as approval_rules
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -142,23 +144,24 @@ def test_observations_from_prometheus_and_from_exposition_text() -> None:
 
 def test_approval_records_are_per_artifact_and_never_the_authors() -> None:
     model = _model()
-    record, problem = rules.approval_record(model, "alice", "production", NOW)
+    record, problem = approval_rules.approval_record(model, "alice", "production", NOW)
     assert record is None and problem and "four eyes" in problem
-    record, problem = rules.approval_record(model, "bob", "production", NOW)
+    record, problem = approval_rules.approval_record(
+        model, "bob", "production", NOW, groups=["risk-officer"]
+    )
     assert problem is None and record == {
         "user": "bob",
         "stage": "production",
         "at": "2026-01-01T12:00:00Z",
         "sha256": SHA,
+        "groups": ["risk-officer"],
     }
     stale = {**record, "user": "carol", "sha256": "0" * 64}
     annotated = _model(annotations={"aiml024.io/approvals": json.dumps([record, stale])})
-    counted, ignored = rules.valid_approvals(
-        annotated, rules.recorded_approvals(annotated.metadata.annotations)
-    )
-    assert [a.user for a in counted] == ["bob"]
-    assert ignored == ["carol's approval was for another artifact"]
-    _, again = rules.approval_record(annotated, "bob", "production", NOW)
+    counted, ignored = approval_rules.model_approvals(annotated, None, NOW)
+    assert [(a.user, a.groups) for a in counted] == [("bob", ["risk-officer"])]
+    assert ignored == [f"carol's approval was for artifact {'0' * 64}, not the model's {SHA}"]
+    _, again = approval_rules.approval_record(annotated, "bob", "production", NOW, counted=counted)
     assert again and "already approved" in again
 
 
@@ -177,18 +180,33 @@ def test_search_progress_comes_from_the_search_node() -> None:
 # --- the gate through OPA --------------------------------------------------------------------
 
 
-def _fake_opa(answer: Any, delay: float = 0) -> str:
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _fake_opa(answer: Any, delay: float = 0, revision: str | None = None) -> str:
+    """An OPA server's data API: the decision, and the bundle it serves data.aiml024 from
+    (at the pinned policy set's revision unless told otherwise)."""
     port = free_port()
     seen: list[dict[str, Any]] = []
+    revision = revision or load_bundle(POLICIES).digest
 
-    async def handler(request: web.Request) -> web.Response:
+    async def decide(request: web.Request) -> web.Response:
         seen.append(await request.json())
         await asyncio.sleep(delay)
+        if isinstance(answer, dict) and "result" in answer:
+            return web.json_response(
+                {**answer, "provenance": {"bundles": {"aiml024": {"revision": revision}}}}
+            )
         return web.json_response(answer)
+
+    async def bundles(_: web.Request) -> web.Response:
+        manifest = {"revision": revision, "roots": ["aiml024"]}
+        return web.json_response({"result": {"aiml024": {"manifest": manifest}}})
 
     async def serve() -> None:
         app = web.Application()
-        app.router.add_post("/v1/data/aiml024/promotion/result", handler)
+        app.router.add_post("/v1/data/aiml024/promotion/result", decide)
+        app.router.add_get("/v1/data/system/bundles", bundles)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -201,10 +219,14 @@ def _fake_opa(answer: Any, delay: float = 0) -> str:
 
 def _config(opa_url: str, timeout: float = 1.0) -> OperatorConfig:
     return OperatorConfig(
-        opa_url=opa_url,
-        policy_timeout=timeout,
-        policy_dir=Path(__file__).resolve().parents[2] / "policies",
+        opa_url=opa_url, policy_timeout=timeout, policy_dir=POLICIES, opa_token="x" * 64
     )
+
+
+def test_an_opa_server_with_another_policy_set_denies() -> None:
+    url = _fake_opa({"result": {"decision": "allow", "violations": []}}, revision="sha256:old")
+    result = asyncio.run(gate(_config(url), _model(), "production", []))
+    assert result.decision == "deny" and "sha256:old" in result.violations[0]
 
 
 def test_opa_server_decides_when_configured() -> None:

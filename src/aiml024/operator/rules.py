@@ -6,15 +6,10 @@ clock (the caller passes `now`). Candidates to move into aiml024.reconcile.
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import datetime
 from typing import Any
 
-from ..api import Experiment, Model, ModelStatus
-from ..api.common import APPROVALS
-from ..api.model import Approval
-from ..reconcile import model as model_rules
+from ..api import Experiment
 
 Obj = dict[str, Any]
 FINISHED = ("Succeeded", "Failed")
@@ -45,64 +40,6 @@ def search_progress(workflow_status: Obj | None) -> tuple[int, float | None] | N
             if match:
                 return int(match.group(1)), None
     return None
-
-
-# --- Model: approvals recorded by the admission webhook ------------------------------------
-
-
-def recorded_approvals(annotations: dict[str, str]) -> list[Obj]:
-    """The approval records in the `aiml024.io/approvals` annotation (webhook-written JSON)."""
-    try:
-        records = json.loads(annotations.get(APPROVALS) or "[]")
-    except ValueError:
-        return []
-    return [r for r in records if isinstance(r, dict) and r.get("user") and r.get("stage")]
-
-
-def valid_approvals(model: Model, records: list[Obj]) -> tuple[list[Approval], list[str]]:
-    """(approvals that count, why others do not). An approval is for one artifact digest:
-    a retrained version under the same name needs new approvals; the owner's never counts."""
-    sha = (model.status or ModelStatus()).sha256
-    counted: list[Approval] = []
-    ignored: list[str] = []
-    for record in records:
-        if record.get("sha256") and sha and record["sha256"] != sha:
-            ignored.append(f"{record['user']}'s approval was for another artifact")
-            continue
-        approval = Approval(
-            user=record["user"],
-            stage=record["stage"],
-            at=record["at"],
-            comment=record.get("comment", ""),
-        )
-        probe = model.model_copy(deep=True)
-        probe.status = (model.status or ModelStatus()).model_copy(update={"approvals": counted})
-        problem = model_rules.approval_problem(probe, approval.user, approval.stage)
-        if problem:
-            ignored.append(problem)
-        else:
-            counted.append(approval)
-    return counted, ignored
-
-
-def approval_record(
-    model: Model, user: str, stage: str, now: datetime, comment: str = ""
-) -> tuple[Obj | None, str | None]:
-    """The record the webhook appends for `user` approving `stage`, or why it refuses."""
-    if stage not in ("staging", "production", "archived"):
-        return None, f"cannot approve stage {stage!r}: use staging, production or archived"
-    counted, _ = valid_approvals(model, recorded_approvals(model.metadata.annotations))
-    probe = model.model_copy(deep=True)
-    probe.status = (model.status or ModelStatus()).model_copy(update={"approvals": counted})
-    problem = model_rules.approval_problem(probe, user, stage)
-    if problem:
-        return None, problem
-    record: Obj = {"user": user, "stage": stage, "at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if comment:
-        record["comment"] = comment
-    if model.status is not None and model.status.sha256:
-        record["sha256"] = model.status.sha256
-    return record, None
 
 
 # --- Deployment: what Seldon reports ---------------------------------------------------------

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any
 import yaml
 
 from aiml024.api.experiment import Trial
-from aiml024.api.steps import LeaderboardRow, RegisterResult, SearchResult
+from aiml024.api.steps import REGISTRATION, LeaderboardRow, RegisterResult, SearchResult, run_root
 
-from .server import OPERATOR_USER, REPO, Emulator
+from .client import Client
+from .server import ADMIN, ARGO_USER, OPERATOR_USER, REPO, Emulator
 
 WEBHOOKS = REPO / "manifests" / "webhooks.yaml"
 
@@ -38,6 +40,7 @@ def operator_env(api: Emulator, webhook_port: int, **extra: str) -> dict[str, st
         "AIML024_KUBE_TOKEN": OPERATOR_USER,
         "AIML024_WEBHOOK_PORT": str(webhook_port),
         "AIML024_WEBHOOK_CERT_DIR": "/nonexistent",
+        "AIML024_ARTIFACT_STORE": STORE.as_uri(),
         **extra,
     }
 
@@ -133,10 +136,16 @@ SHA = "9f2c4e7a1b3d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 
 
 def register_result(
-    experiment: str, workflow: str, model: str = "churn-model", auc: float = 0.86, sha: str = SHA
+    experiment: str,
+    workflow: str,
+    model: str = "churn-model",
+    auc: float = 0.86,
+    sha: str = SHA,
+    root: str = "s3://aiml024-artifacts/elsewhere",
 ) -> dict[str, Any]:
-    """The register step's result.json: the Model manifest with its evidence in status."""
-    artifact = f"s3://aiml024-artifacts/models/{model}/{sha[:12]}"
+    """The register step's result.json: the Model manifest with its evidence in status;
+    `root` is the run's own root in the artifact store (aiml024.api.steps.run_root)."""
+    artifact = f"{root}/bundle"
     manifest = {
         "apiVersion": "aiml024.io/v1alpha1",
         "kind": "Model",
@@ -154,7 +163,7 @@ def register_result(
             "baselineMetrics": {"auc": 0.5, "f1": 0.0, "logloss": 0.69},
             "primaryMetric": "auc",
             "evidence": {
-                "modelCardUri": f"{artifact}/card/model_card.md",
+                "modelCardUri": f"{root}/card/model_card.md",
                 "modelCardComplete": True,
                 "piiColumns": ["email"],
                 "piiAction": "mask",
@@ -182,8 +191,39 @@ def register_result(
         },
     }
     return RegisterResult(
-        model=manifest, artifact_uri=artifact, model_card_uri=f"{artifact}/card/model_card.md"
+        model=manifest, artifact_uri=artifact, model_card_uri=f"{root}/card/model_card.md"
     ).wire()
+
+
+# The artifact store the operator reads run records from (AIML024_ARTIFACT_STORE), shared by
+# the tests of one process as a bucket is shared by a cluster's namespaces.
+STORE = Path(tempfile.mkdtemp(prefix="aiml024-store-"))
+
+
+def write_registration(
+    namespace: str, experiment: str, uid: str, workflow: str, **register: Any
+) -> dict[str, Any]:
+    """What the register step leaves in the store: the run's record under its own root."""
+    root = run_root(STORE.as_uri(), namespace, experiment, uid, workflow)
+    record = register_result(experiment, workflow, root=root, **register)
+    path = Path(root.removeprefix("file://")) / REGISTRATION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return record
+
+
+def run_succeeds(
+    api: Emulator, namespace: str, experiment: str, workflow: str, **register: Any
+) -> None:
+    """Argo and the runtime finish a run: the register step writes its record into the store,
+    then Argo's controller records the Workflow as Succeeded."""
+    uid = Client(api.url, ADMIN, namespace).get("Experiment", experiment)["metadata"]["uid"]
+    write_registration(namespace, experiment, uid, workflow, **register)
+    Client(api.url, ARGO_USER, namespace).patch(
+        "Workflow",
+        workflow,
+        {"status": workflow_status(workflow, "Succeeded", experiment, **register)},
+    )
 
 
 def search_result(trials: int) -> dict[str, Any]:
