@@ -94,7 +94,7 @@ def operator(api: Emulator) -> Iterator[OperatorThread]:
 def ns(api: Emulator, request: pytest.FixtureRequest) -> str:
     """A namespace where alice, bob and mallory have the built-in `edit` role (which aggregates
     aiml024-editor and Argo's edit role) and bob is also an `aiml024-approver`."""
-    name = request.node.name.removeprefix("test_").replace("_", "-")[:50]
+    name = request.node.name.removeprefix("test_").replace("_", "-")[:50].rstrip("-")
     Client(api.url, ADMIN).create(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )

@@ -62,7 +62,7 @@ async def _reconcile_once(
     wf_name = workflow["metadata"]["name"]
     wf = await kube.get(WORKFLOWS, namespace, wf_name)
     if wf is not None and not _owned_by(wf, body):
-        await _not_owned(kube, body, exp, wf_name)
+        await _not_owned(kube, config, body, exp, wf_name, ensure)
         return
     if wf is None and not needs_workflow(exp, wf_name):
         return  # finished and recorded; Argo's TTL removed the Workflow since
@@ -73,7 +73,7 @@ async def _reconcile_once(
         if created:
             kopf.info(body, reason="WorkflowCreated", message=f"created workflow {wf_name}")
         elif not _owned_by(wf, body):  # someone created it between our read and our create
-            await _not_owned(kube, body, exp, wf_name)
+            await _not_owned(kube, config, body, exp, wf_name, ensure)
             return
     # Only the phase and progress are read from the Workflow (editors can write its status);
     # what the run produced is read from the run's own path in the artifact store.
@@ -98,8 +98,11 @@ def _owned_by(workflow: Obj, experiment: Obj) -> bool:
     )
 
 
-async def _not_owned(kube: Kube, body: Obj, exp: Experiment, wf_name: str) -> None:
-    """A Workflow of this name that the Experiment does not own: never adopted, reported."""
+async def _not_owned(
+    kube: Kube, config: OperatorConfig, body: Obj, exp: Experiment, wf_name: str, ensure: bool
+) -> None:
+    """A Workflow of this name that the Experiment does not own: never adopted, reported, and
+    looked at again later (it may be a previous Experiment's, not yet garbage-collected)."""
     message = (
         f"workflow {wf_name} exists but was not created for this Experiment (no owner "
         f"reference to uid {exp.metadata.uid}); it is ignored: delete it to train"
@@ -107,6 +110,8 @@ async def _not_owned(kube: Kube, body: Obj, exp: Experiment, wf_name: str) -> No
     status = experiment_rules.not_owned_status(exp, wf_name, message, _now())
     if await kube.replace_status(EXPERIMENTS, body, status.wire()) is not None:
         kopf.warn(body, reason="WorkflowNotOwned", message=message)
+    if ensure:
+        raise kopf.TemporaryError(message, delay=config.retry_delay)
 
 
 async def _invalid(kube: Kube, body: Obj, message: str) -> None:

@@ -1,0 +1,243 @@
+"""The gate cannot be walked around: each way an ordinary user (the built-in `edit` role) could
+try, through the real operator and its webhooks on the emulated API server, which enforces
+RBAC from manifests/ and Argo's aggregated roles, evaluates the CRDs' CEL rules and calls
+webhooks for the status subresource as a real API server does.
+"""
+
+# ruff: noqa: F811 - pytest injects the fixtures imported from test_operator by name
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.emulator import ApiError, Client, Emulator
+from tests.integration.emulator.harness import (
+    SHA,
+    STORE,
+    OperatorThread,
+    run_succeeds,
+    workflow_status,
+)
+from tests.integration.emulator.server import ADMIN
+from tests.integration.test_operator import (  # noqa: F401 - fixtures, used by name
+    api,
+    as_user,
+    condition,
+    experiment_manifest,
+    ns,
+    operator,
+    reasons,
+    train,
+)
+
+from aiml024 import signing
+
+GITOPS = "system:serviceaccount:argocd:argocd-application-controller"
+
+
+def _forged_register_output(workflow: str) -> dict[str, Any]:
+    """A Workflow status whose register node claims a production model, pre-approved."""
+    status = workflow_status(workflow, "Succeeded")
+    for node in status["nodes"].values():
+        if node["displayName"] == "register":
+            result = json.loads(node["outputs"]["parameters"][0]["value"])
+            result["model"]["metadata"]["annotations"] = {"aiml024.io/approve": "production"}
+            result["model"]["spec"]["stage"] = "production"
+            result["model"]["status"]["stage"] = "production"
+            result["model"]["status"]["artifactUri"] = "s3://mallory/bundle"
+            node["outputs"]["parameters"][0]["value"] = json.dumps(result)
+    return status
+
+
+def test_a_forged_workflow_status_registers_nothing(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice, mallory = as_user(api, "alice", ns), as_user(api, "mallory", ns)
+    alice.create(experiment_manifest())
+    alice.wait_for("Workflow", "churn-g1", lambda w: w is not None)
+    # Argo's edit role lets mallory patch the Workflow, status included (no subresource).
+    mallory.patch("Workflow", "churn-g1", {"status": _forged_register_output("churn-g1")})
+    exp = alice.wait_for("Experiment", "churn", lambda e: e["status"].get("message"))
+    assert "no registration record" in exp["status"]["message"]
+    assert alice.find("Model", "churn-model-v1") is None
+
+    # The real run writes its record under its own root: only that is registered, and only
+    # its evidence (no stage, no approval, no annotation from the step's output).
+    run_succeeds(api, ns, "churn", "churn-g1")
+    model = alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["policy"])
+    assert model["status"]["stage"] == "staging" and model["status"]["approvals"] == []
+    assert model["spec"]["owner"] == "alice"
+    assert "aiml024.io/approve" not in (model["metadata"].get("annotations") or {})
+    assert model["status"]["artifactUri"].startswith(STORE.as_uri() + f"/{ns}/churn/")
+
+
+def test_a_workflow_the_experiment_does_not_own_is_never_adopted(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice, mallory = as_user(api, "alice", ns), as_user(api, "mallory", ns)
+    planted = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "churn-g1", "labels": {"aiml024.io/experiment": "churn"}},
+        "spec": {"entrypoint": "main", "templates": [{"name": "main", "container": {
+            "image": "busybox", "command": ["true"]}}]},
+    }  # fmt: skip
+    mallory.create(planted)
+    mallory.patch("Workflow", "churn-g1", {"status": _forged_register_output("churn-g1")})
+    alice.create(experiment_manifest())
+    exp = alice.wait_for(
+        "Experiment", "churn", lambda e: condition(e, "Ready")["reason"] == "WorkflowNotOwned"
+    )
+    assert "was not created for this Experiment" in exp["status"]["message"]
+    assert "WorkflowNotOwned" in reasons(alice, "churn", {"WorkflowNotOwned"})
+    assert alice.find("Model", "churn-model-v1") is None
+
+
+def test_nobody_but_the_operator_writes_a_models_status(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice, mallory = as_user(api, "alice", ns), as_user(api, "mallory", ns)
+    train(api, alice)
+    forged = {"status": {"stage": "production"}}
+    with pytest.raises(ApiError) as by_editor:
+        mallory.patch("Model", "churn-model-v1", forged, sub="status")
+    assert by_editor.value.code == 403 and "models/status" in by_editor.value.message
+    api.bind(ns, "admin", user="mallory")  # namespace admin: still not the status
+    with pytest.raises(ApiError) as by_admin:
+        mallory.patch("Model", "churn-model-v1", forged, sub="status")
+    assert by_admin.value.code == 403
+    with pytest.raises(ApiError) as by_cluster_admin:  # past RBAC: the status webhook refuses
+        Client(api.url, ADMIN, ns).patch("Model", "churn-model-v1", forged, sub="status")
+    assert by_cluster_admin.value.code == 403
+    assert "written by the aiml024 operator only" in by_cluster_admin.value.message
+    assert alice.get("Model", "churn-model-v1")["status"]["stage"] == "staging"
+
+
+def test_a_deployment_serves_only_what_a_recorded_decision_allows(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    mallory = as_user(api, "mallory", ns)
+    mallory.create({
+        "apiVersion": "aiml024.io/v1alpha1", "kind": "Model",
+        "metadata": {"name": "mine"},
+        "spec": {"source": {"artifactUri": "s3://mallory/anything", "sha256": SHA},
+                 "task": "classification", "stage": "production"},
+    })  # fmt: skip
+    model = mallory.wait_for("Model", "mine", lambda m: m["status"]["policy"])
+    assert model["status"]["policy"]["decision"] == "deny" and model["status"]["stage"] == "none"
+    serve = {"apiVersion": "aiml024.io/v1alpha1", "kind": "Deployment",
+             "metadata": {"name": "mine"}, "spec": {"model": "mine"}}  # fmt: skip
+    with pytest.raises(ApiError) as by_default:  # requireStage defaults to production
+        mallory.create(serve)
+    assert by_default.value.code == 403 and "deployment policy" in by_default.value.message
+    serve["spec"]["requireStage"] = "any"
+    with pytest.raises(ApiError) as anywhere:
+        mallory.create(serve)
+    assert "stage_any_outside_development" in anywhere.value.message
+    assert mallory.find("Deployment", "mine") is None
+
+
+def test_four_eyes_holds_against_whoever_changed_the_spec_and_needs_the_approver_role(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice, mallory, bob = (as_user(api, u, ns) for u in ("alice", "mallory", "bob"))
+    train(api, alice)
+    # mallory retrains with her own spec: generation 2 registers its own version (the CRD's
+    # immutable spec.source is never patched), and she is its author.
+    mallory.patch("Experiment", "churn", {"spec": {"search": {"trials": 10}}})
+    mallory.wait_for("Workflow", "churn-g2", lambda w: w is not None)
+    run_succeeds(api, ns, "churn", "churn-g2")
+    v2 = mallory.wait_for("Model", "churn-model-v2", lambda m: m["status"]["policy"])
+    assert v2["spec"]["owner"] == "mallory"
+    assert alice.get("Model", "churn-model-v1")["status"]["sha256"] == SHA  # untouched
+
+    mallory.patch("Model", "churn-model-v2", {"spec": {"stage": "production"}})
+    with pytest.raises(ApiError) as not_approver:  # edit does not grant the verb approve
+        mallory.annotate("Model", "churn-model-v1", "aiml024.io/approve", "production")
+    assert not_approver.value.code == 403 and "aiml024-approver" in not_approver.value.message
+    api.bind(ns, "aiml024-approver", user="mallory")
+    with pytest.raises(ApiError) as own:
+        mallory.annotate("Model", "churn-model-v2", "aiml024.io/approve", "production")
+    assert "mallory authored model churn-model-v2" in own.value.message
+    bob.annotate("Model", "churn-model-v2", "aiml024.io/approve", "production")
+    model = bob.wait_for("Model", "churn-model-v2", lambda m: m["status"]["stage"] == "production")
+    assert [(a["user"], a["sha256"]) for a in model["status"]["approvals"]] == [("bob", SHA)]
+
+
+@pytest.fixture
+def approvers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Any]:
+    """An approvers registry with bob's key (group risk-officer), where the operator reads it."""
+    registry = tmp_path / "approvers.yaml"
+    monkeypatch.setenv("AIML024_APPROVERS_FILE", str(registry))
+    key = signing.generate_key()
+    signing.register(registry, signing.entry_for(key, "bob", ["risk-officer"]))
+    return registry, key
+
+
+def _signed_approval(key: Any, ns: str, sha: str = SHA) -> dict[str, Any]:
+    statement = signing.ApprovalStatement(
+        model="churn-model-v1", namespace=ns, sha256=sha, stage="production",
+        at=datetime.now(UTC), comment="card reviewed",
+    )  # fmt: skip
+    return signing.approval_patch("churn-model-v1", ns, signing.sign(statement, key))
+
+
+def test_a_signed_approval_applied_by_gitops_counts_and_a_revoked_key_demotes(
+    api: Emulator, operator: OperatorThread, ns: str, approvers: tuple[Path, Any]
+) -> None:
+    registry, key = approvers
+    alice = as_user(api, "alice", ns)
+    api.bind(ns, "edit", service_account="argocd:argocd-application-controller")  # Argo CD
+    gitops = Client(api.url, GITOPS, ns)
+    train(api, alice)
+    alice.patch("Model", "churn-model-v1", {"spec": {"stage": "production"}})
+    alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["phase"] == "PendingApproval")
+
+    tampered = _signed_approval(key, ns, sha="0" * 64)  # signed for another artifact
+    with pytest.raises(ApiError) as refused:
+        gitops.patch("Model", "churn-model-v1", {"metadata": tampered["metadata"]})
+    assert refused.value.code == 403 and "binds to the digest it signed" in refused.value.message
+
+    # Argo CD's service account applies bob's signed statement: the signer is what counts.
+    gitops.patch("Model", "churn-model-v1", {"metadata": _signed_approval(key, ns)["metadata"]})
+    model = alice.wait_for(
+        "Model", "churn-model-v1", lambda m: m["status"]["stage"] == "production"
+    )
+    [approval] = model["status"]["approvals"]
+    assert (approval["user"], approval["groups"]) == ("bob", ["risk-officer"])
+
+    # The risk team removes bob's key: at the next evaluation his approval no longer counts and
+    # the model falls back to staging (the stage never outlives the decision behind it).
+    registry.write_text("approvers: []\n")
+    alice.patch("Model", "churn-model-v1", {"metadata": {"labels": {"reviewed": "again"}}})
+    model = alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["stage"] == "staging")
+    assert model["status"]["policy"]["decision"] == "require_approval"
+
+
+def test_a_recreated_experiment_cannot_touch_a_registered_bundle(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    alice = as_user(api, "alice", ns)
+    first = train(api, alice)
+    record = Path(first["status"]["artifactUri"].removeprefix("file://")).parent
+    before = (record / "registration.json").read_bytes()
+    alice.delete("Experiment", "churn")
+    alice.wait_for("Experiment", "churn", lambda e: e is None)
+    uid = alice.create(experiment_manifest())["metadata"]["uid"]  # same name, new uid
+    alice.wait_for(
+        "Workflow", "churn-g1",
+        lambda w: w is not None and w["metadata"]["ownerReferences"][0]["uid"] == uid,
+        what="to be created again for the new Experiment",
+    )  # fmt: skip
+    run_succeeds(api, ns, "churn", "churn-g1", sha="e" * 64)
+    exp = alice.wait_for("Experiment", "churn", lambda e: "never replaced" in (
+        e["status"].get("message") or ""))  # fmt: skip
+    assert exp["status"].get("modelName") is None
+    model = alice.get("Model", "churn-model-v1")
+    assert model["status"]["artifactUri"] == first["status"]["artifactUri"]
+    assert model["status"]["sha256"] == SHA
+    assert (record / "registration.json").read_bytes() == before
