@@ -1,12 +1,13 @@
-# The operator image: aiml024 with the `operator` extra (kopf, opa-python-client) and nothing
-# for training or serving. Build from the repository root:
+# The operator image: aiml024 with the `operator` extra (kopf, opa-python-client) and `s3`
+# (it reads each run's registration record from the artifact store), nothing for training or
+# serving. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/aiml024/operator:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY constraints.txt constraints.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[operator]"
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt ".[operator,s3]"
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
