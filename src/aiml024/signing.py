@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -41,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .api import describe_validation_error
-from .api.common import API_VERSION, GROUP, Strict
+from .api.common import API_VERSION, GROUP, Strict, dns_problem
 from .api.model import Approval, Stage
+from .files import write_atomic
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -66,8 +66,6 @@ _AT_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 _AT_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _KEY_ID_PATTERN = re.compile(r"^ed25519:[0-9a-f]{16}$")
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ANNOTATION_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
@@ -114,14 +112,14 @@ class ApprovalStatement(Strict):
     @field_validator("model")
     @classmethod
     def _model_name(cls, value: str) -> str:
-        if not _DNS_SUBDOMAIN.match(value):
+        if dns_problem(value):
             raise ValueError(f"{value!r} is not a valid Model name")
         return value
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
+        if dns_problem(value, label=True):
             raise ValueError(f"{value!r} is not a valid namespace")
         return value
 
@@ -365,7 +363,7 @@ def valid_annotation_key(key: str) -> bool:
     """Kubernetes' rule for annotation keys: an optional DNS-subdomain prefix (<= 253) and `/`,
     then a name of <= 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if slash and (not prefix or dns_problem(prefix)):
         return False
     return 0 < len(name) <= 63 and bool(_ANNOTATION_NAME.match(name))
 
@@ -611,22 +609,6 @@ def default_registry_path(policy_dir: Path) -> Path:
     return Path(env).expanduser() if env else Path(policy_dir) / APPROVERS_KEY
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def register(path: Path, entry: ApproverEntry) -> ApproverRegistry:
     """Add `entry` to the registry file (created when missing), atomically. Refuses a keyId
     already there and an invalid file. The entry is appended as text when that keeps the file
@@ -649,7 +631,7 @@ def register(path: Path, entry: ApproverEntry) -> ApproverRegistry:
     for text in candidates:
         try:
             if parse_registry(text, source) == wanted:
-                _write_atomic(path, text)
+                write_atomic(path, text)
                 return wanted
         except RegistryError:
             continue

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aiml024.local.store import InvalidName, NotFound, Store, StoreBusy, write_atomic
+from aiml024.files import write_atomic
+from aiml024.local.store import InvalidName, NotFound, Store, StoreBusy
 
 
 def experiment(trials: int = 5) -> dict:

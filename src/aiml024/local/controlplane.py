@@ -23,6 +23,7 @@ from ..api import Deployment, Experiment, Model, ModelStatus
 from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
+from ..files import write_atomic
 from ..policy import default_policy_dir, deployment_input, evaluate, evaluate_deployment
 from ..reconcile import approvals as approval_rules
 from ..reconcile import deployment as deployment_rules
@@ -41,7 +42,7 @@ from ..signing import (
 )
 from . import server as model_server
 from .executor import LocalExecutor, WorkflowRun
-from .store import Store, write_atomic
+from .store import Store
 
 
 # Who is acting: there is no authentication on one machine, so the OS login is the identity

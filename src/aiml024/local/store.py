@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..api import NAMES
 from ..api.common import DEFAULT_NAMESPACE, dns_problem
+from ..files import write_atomic
 
 
 class StoreBusy(RuntimeError):
@@ -47,20 +47,6 @@ def state_home(cwd: Path | None = None) -> Path:
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plural(kind: str) -> str:
