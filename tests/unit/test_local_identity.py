@@ -120,3 +120,16 @@ def test_a_key_outside_the_registry_or_the_authors_key_does_not_approve(
         signed_setup.approve("imported-v1", "production", "x", key=str(stranger_file))
     model = signed_setup.reconcile_model("imported-v1")
     assert model.status is not None and model.status.approvals == []
+
+
+def test_a_denied_promotion_moves_neither_the_spec_nor_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the webhook refuses it in a cluster: a hand-registered model without evidence."""
+    plane = LocalControlPlane(tmp_path)
+    monkeypatch.setenv("AIML024_USER", "alice")
+    plane.apply([hand_model()], Progress())
+    model = plane.promote("imported-v1", "production")
+    assert model.status is not None and model.status.policy is not None
+    assert model.status.policy.decision == "deny" and model.status.policy.stage == "production"
+    assert model.spec.stage == "staging" and model.status.stage == "none"

@@ -259,11 +259,19 @@ class LocalControlPlane:
             raise ApplyError(str(error)) from None
 
     def promote(self, name: str, stage: str) -> Model:
+        """Ask for `stage`. As the admission webhook refuses a stage change the policy denies,
+        a denied request leaves spec.stage as it was (the decision is still recorded)."""
         with self.store.exclusive(f"aiml024 promote model/{name}"):
             manifest = self.store.get("Model", name)
+            before = manifest["spec"].get("stage", "staging")
             manifest["spec"]["stage"] = stage
             self.store.apply(manifest)
-            return self.reconcile_model(name)
+            model = self.reconcile_model(name)
+            if model.status and model.status.policy and model.status.policy.decision == "deny":
+                manifest["spec"]["stage"] = before
+                self.store.apply(manifest)
+                model = Model.model_validate(self.store.get("Model", name))
+            return model
 
     def approve(
         self, name: str, stage: str, user: str, comment: str = "", key: str | None = None
