@@ -209,6 +209,11 @@ def test_a_signed_approval_applied_by_gitops_counts_and_a_revoked_key_demotes(
     )
     [approval] = model["status"]["approvals"]
     assert (approval["user"], approval["groups"]) == ("bob", ["risk-officer"])
+    alice.create({
+        "apiVersion": "aiml024.io/v1alpha1", "kind": "Deployment",
+        "metadata": {"name": "churn"}, "spec": {"model": "churn-model-v1"},
+    })  # fmt: skip
+    Client(api.url, ADMIN, ns).wait_for("SeldonDeployment", "churn", lambda s: s is not None)
 
     # The risk team removes bob's key: at the next evaluation his approval no longer counts and
     # the model falls back to staging (the stage never outlives the decision behind it).
@@ -216,6 +221,11 @@ def test_a_signed_approval_applied_by_gitops_counts_and_a_revoked_key_demotes(
     alice.patch("Model", "churn-model-v1", {"metadata": {"labels": {"reviewed": "again"}}})
     model = alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["stage"] == "staging")
     assert model["status"]["policy"]["decision"] == "require_approval"
+    # The Deployment that serves it says so at once (what serves changes through Git).
+    dep = alice.wait_for(
+        "Deployment", "churn", lambda d: "require_approval" in condition(d, "Ready")["message"]
+    )
+    assert condition(dep, "Ready")["status"] == "False"
 
 
 def test_a_recreated_experiment_cannot_touch_a_registered_bundle(

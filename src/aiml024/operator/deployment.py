@@ -56,6 +56,18 @@ async def deployment_policy_gate(kube: Kube, config: OperatorConfig, dep: Deploy
     )
 
 
+async def model_changed(kube: Kube, config: OperatorConfig, namespace: str, model: str) -> None:
+    """Re-judge the Deployments that route to `model` (their status only: what serves changes
+    through a Deployment's own spec, or an SLO rollback)."""
+    for body in await kube.list(DEPLOYMENTS, namespace):
+        try:
+            routes = Deployment.model_validate(body).spec.routes()
+        except ValueError:
+            continue
+        if any(route.model == model for route in routes):
+            await reconcile(kube, config, namespace, body["metadata"]["name"], apply=False)
+
+
 async def reconcile(
     kube: Kube, config: OperatorConfig, namespace: str, name: str, apply: bool = True
 ) -> None:

@@ -105,6 +105,13 @@ async def model_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) ->
     await model.reconcile(memo.kube, memo.config, namespace, name)
 
 
+@kopf.on.event(GROUP, VERSION, "models")
+async def model_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A Model's recorded decision or stage changed: the Deployments serving it look again
+    (a model that lost its approval stops counting as servable, and they say so)."""
+    await deployment.model_changed(memo.kube, memo.config, namespace, name)
+
+
 # --- Deployment -----------------------------------------------------------------------------
 
 
