@@ -233,7 +233,7 @@ def test_images_share_pinned_dependencies_and_split_extras() -> None:
         assert "-c constraints.txt" in _pip_install(dockerfile)
         assert "COPY constraints.txt constraints.txt" in dockerfile
         assert "USER 65532" in dockerfile
-    assert _pip_install(operator).endswith('".[operator]"')
+    assert _pip_install(operator).endswith('".[operator,s3]"')  # it reads run records
     assert _pip_install(runtime).endswith('".[runtime,serve,s3]"')
     pinned = (REPO / "constraints.txt").read_text()
     assert "kopf==" in pinned and "lightgbm==" in pinned
