@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository layout and the upstream schemas beside it."""
+"""Shared fixtures: the repository layout and the vendored upstream schemas (tests/upstream)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def repo() -> Path:
 def schemas_dir() -> Path:
     if not SCHEMAS.is_dir():
         pytest.fail(
-            f"upstream schemas not found at {SCHEMAS}; they come with ../shared/ "
-            "(or set AIML024_SCHEMAS)"
+            f"upstream schemas not found at {SCHEMAS}: they are vendored in tests/upstream "
+            "(AIML024_SCHEMAS, when set, must name a copy with the same layout)"
         )
     return SCHEMAS

@@ -23,10 +23,9 @@ from typing import Any, cast
 import jsonschema  # type: ignore[import-untyped]
 import yaml
 
-# The upstream schemas: ../shared/schemas beside the checkout, or AIML024_SCHEMAS elsewhere.
-SCHEMAS = Path(
-    os.environ.get("AIML024_SCHEMAS", Path(__file__).resolve().parents[2] / "shared" / "schemas")
-)
+# The upstream CRDs, vendored in tests/upstream (its README lists them); AIML024_SCHEMAS points
+# at another copy with the same layout instead.
+SCHEMAS = Path(os.environ.get("AIML024_SCHEMAS") or Path(__file__).resolve().parent / "upstream")
 
 Schema = dict[str, Any]
 
@@ -236,13 +235,13 @@ def _short(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-# Where each compile target's upstream CRDs live under the shared schemas directory.
+# Where each compile target's upstream CRDs live under SCHEMAS. Seldon Core v1: the last
+# Apache-2.0 release only (tests/upstream/README.md says why not the newer, BSL-licensed CRD).
 UPSTREAM_CRDS: dict[str, tuple[str, ...]] = {
     "Workflow": ("argo-workflows/argoproj.io_workflows.yaml",),
     "CronWorkflow": ("argo-workflows/argoproj.io_cronworkflows.yaml",),
     "SeldonDeployment": (
         "seldon-core-v1/apache-2.0_v1.17.1/machinelearning.seldon.io_seldondeployments.yaml",
-        "seldon-core-v1/machinelearning.seldon.io_seldondeployments.yaml",
     ),
     "ServiceMonitor": ("prometheus-operator/monitoring.coreos.com_servicemonitors.yaml",),
     "PrometheusRule": ("prometheus-operator/monitoring.coreos.com_prometheusrules.yaml",),

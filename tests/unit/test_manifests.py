@@ -33,7 +33,7 @@ CLUSTER_SCOPED = {
     "MutatingWebhookConfiguration",
     "ValidatingWebhookConfiguration",
 }
-# Kinds of prerequisites whose schemas are not in ../shared/schemas (checked by shape only).
+# Kinds of prerequisites whose schemas are not in tests/upstream (checked by shape only).
 CERT_MANAGER = {"Certificate", "Issuer"}
 
 

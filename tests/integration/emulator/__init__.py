@@ -3,8 +3,8 @@
 It speaks the real HTTP API (discovery, CRUD, the status subresource, merge / JSON / strategic
 patches, list + watch with resource versions, finalizers, garbage collection, admission
 webhooks, dry runs) for the resource types the operator touches, prunes unknown fields and
-validates what is stored against the CRDs in crds/ and the upstream schemas in
-../shared/schemas/ (OpenAPI and CEL rules), and authorizes every request with RBAC, refusing
+validates what is stored against the CRDs in crds/ and the upstream schemas vendored in
+tests/upstream/ (OpenAPI and CEL rules), and authorizes every request with RBAC, refusing
 like the real API server (422, 403, 413). See server.py for what it does and does not do.
 """
 
