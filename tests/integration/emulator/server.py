@@ -16,7 +16,7 @@ Faithful where the operator's correctness, or a security test, depends on it:
   dropped, with a `Warning: 299 - "unknown field \\"spec.foo\\""` header; 400 under
   `?fieldValidation=Strict`), mutating admission webhooks, the status/spec reset of the
   subresource in use, validation (OpenAPI schema: type, enum, required, formats ... against
-  crds/ and ../shared/schemas/; the CRDs' CEL `x-kubernetes-validations`, transition rules
+  crds/ and tests/upstream/; the CRDs' CEL `x-kubernetes-validations`, transition rules
   included, with ratcheting, see cel.py; total annotation size at most 256 KiB), validating
   admission webhooks, then storage; invalid objects are refused with 422 `Invalid`;
 - admission webhooks from (Mutating|Validating)WebhookConfiguration manifests, called over HTTP
