@@ -10,6 +10,7 @@ from .common import API_VERSION, GROUP, VERSION, Condition, ObjectMeta, set_cond
 from .deployment import Deployment, DeploymentSpec, DeploymentStatus
 from .experiment import Experiment, ExperimentSpec, ExperimentStatus
 from .model import Model, ModelSpec, ModelStatus
+from .support import UNSUPPORTED, unsupported
 
 AnyObject = Experiment | Model | Deployment
 
@@ -66,7 +67,10 @@ def kind_for(name: str) -> str:
 
 
 def parse_object(document: Any, source: str = "<input>") -> AnyObject:
-    """Validate one manifest into its api model, or raise SpecError naming every problem."""
+    """Validate one manifest into its api model, or raise SpecError naming every problem.
+
+    A field the platform does not implement yet is a problem too, one `not supported yet:
+    <path> (<why>)` each (see api.support): a manifest never sets a field that does nothing."""
     if not isinstance(document, dict):
         raise SpecError(source, ["a manifest must be a mapping with apiVersion, kind, metadata"])
     api_version = document.get("apiVersion")
@@ -77,9 +81,13 @@ def parse_object(document: Any, source: str = "<input>") -> AnyObject:
     if model is None:
         raise SpecError(source, [f"kind: expected one of {', '.join(KINDS)}, got {kind!r}"])
     try:
-        return model.model_validate(document)
+        obj = model.model_validate(document)
     except ValidationError as error:
         raise SpecError(source, describe_validation_error(error)) from None
+    problems = unsupported(obj)
+    if problems:
+        raise SpecError(source, problems)
+    return obj
 
 
 __all__ = [
@@ -101,8 +109,10 @@ __all__ = [
     "ModelStatus",
     "ObjectMeta",
     "SpecError",
+    "UNSUPPORTED",
     "describe_validation_error",
     "kind_for",
     "parse_object",
     "set_condition",
+    "unsupported",
 ]

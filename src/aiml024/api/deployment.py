@@ -14,7 +14,8 @@ class Canary(Strict):
     model: str = Field(min_length=1, description="The candidate Model.")
     weight: int = Field(default=10, ge=0, le=100, description="Percent of traffic to the canary.")
     steps: list[int] = Field(
-        default_factory=list, description="Weights to walk through while the SLOs hold."
+        default_factory=list,
+        description="Not supported yet (refused): weights to walk through while the SLOs hold.",
     )
 
 
@@ -55,11 +56,17 @@ class Slo(Strict):
 
 
 class Monitor(Strict):
-    type: Literal["drift", "performance"] = "drift"
+    """Not supported yet (refused): nothing computes a drift score for a monitor to watch."""
+
+    type: Literal["drift", "performance"] = Field(
+        default="drift", description="performance is not supported yet (refused)."
+    )
     method: Literal["psi", "ks", "kl"] = "psi"
     threshold: float = Field(default=0.2, gt=0)
-    schedule: str = "0 * * * *"
-    action: Literal["alert", "retrain"] = "alert"
+    schedule: str = Field(default="0 * * * *", description="Not supported yet (refused).")
+    action: Literal["alert", "retrain"] = Field(
+        default="alert", description="retrain is not supported yet (refused)."
+    )
 
 
 class Route(NamedTuple):
@@ -76,7 +83,10 @@ class DeploymentSpec(Strict):
     replicas: int = Field(default=1, ge=0)
     autoscaling: Autoscaling | None = None
     slo: Slo = Field(default_factory=Slo)
-    monitors: list[Monitor] = Field(default_factory=list)
+    monitors: list[Monitor] = Field(
+        default_factory=list,
+        description="Not supported yet (refused): nothing emits the drift score they watch.",
+    )
     require_stage: Literal["staging", "production", "any"] = Field(
         default="production",
         description=(
@@ -112,7 +122,9 @@ class DeploymentStatus(StatusBase):
     )
     slo_state: Literal["Unknown", "Met", "Breached"] = "Unknown"
     last_rollback: Rollback | None = None
-    drift: dict[str, float] = Field(default_factory=dict)
+    drift: dict[str, float] = Field(
+        default_factory=dict, description="Not written yet: no drift score is computed."
+    )
 
 
 class Deployment(Strict):

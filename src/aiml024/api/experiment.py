@@ -16,8 +16,8 @@ Task = Literal[
     "text-classification",
     "image-classification",
 ]
-# What the runtime can train today; the rest are accepted by the schema and refused at compile
-# time with InvalidSpec, so specs written for later releases still parse.
+# What the runtime can train today; the CRD keeps the rest so the schema can grow, and
+# `aiml024 apply`, the webhook and the compiler refuse them (api.support.UNSUPPORTED).
 SUPPORTED_TASKS: tuple[str, ...] = ("classification", "regression")
 
 Objective = Literal[
@@ -58,7 +58,10 @@ class DataSource(Strict):
         "or a path (relative paths are resolved against the spec's directory locally).",
     )
     format: Literal["auto", "csv", "parquet"] = "auto"
-    sql: SqlSource | None = None
+    sql: SqlSource | None = Field(
+        default=None,
+        description="Not supported yet (refused): a SQL query as the data source; use uri.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
@@ -68,7 +71,10 @@ class DataSource(Strict):
 
 
 class Split(Strict):
-    strategy: Literal["stratified-kfold", "kfold", "holdout", "time-series"] = "stratified-kfold"
+    strategy: Literal["stratified-kfold", "kfold", "holdout", "time-series"] = Field(
+        default="stratified-kfold",
+        description="How search rows are cross-validated; holdout is not supported yet (refused).",
+    )
     folds: int = Field(default=5, ge=2, le=20)
     holdout_fraction: float = Field(
         default=0.2, gt=0.0, lt=0.9, description="Share of rows kept out of search for evaluation."
@@ -108,7 +114,9 @@ class Search(Strict):
 
 
 class TextFeatures(Strict):
-    method: Literal["tfidf", "embeddings"] = "tfidf"
+    method: Literal["tfidf", "embeddings"] = Field(
+        default="tfidf", description="embeddings is not supported yet (refused)."
+    )
     max_features: int = Field(default=500, ge=1)
 
 
@@ -131,7 +139,9 @@ class Pii(Strict):
 class Constraints(Strict):
     latency_p95_ms: float | None = Field(default=None, gt=0)
     max_model_size_mb: float | None = Field(default=None, gt=0)
-    max_cost_per_hour: float | None = Field(default=None, gt=0)
+    max_cost_per_hour: float | None = Field(
+        default=None, gt=0, description="Not supported yet (refused): no cost model."
+    )
 
 
 class Toleration(Strict):
@@ -145,7 +155,12 @@ class Toleration(Strict):
 class Resources(Strict):
     cpu: str = "2"
     memory: str = "4Gi"
-    gpu: int = Field(default=0, ge=0, le=16)
+    gpu: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Not supported yet (refused unless 0): no learner trains on a GPU.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
 
@@ -156,7 +171,12 @@ class ModelTarget(Strict):
 
 
 class ExperimentSpec(Strict):
-    task: Task
+    task: Task = Field(
+        description=(
+            "classification or regression; forecasting, anomaly, text-classification and "
+            "image-classification are not supported yet (refused)."
+        )
+    )
     data: DataSource
     target: str = Field(min_length=1)
     id_column: str | None = None

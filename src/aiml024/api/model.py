@@ -82,9 +82,14 @@ class Evidence(Strict):
     model_card_complete: bool = False
     pii_columns: list[str] = Field(default_factory=list)
     pii_action: str | None = None
-    fairness: dict[str, float] = Field(default_factory=dict)
+    fairness: dict[str, float] = Field(
+        default_factory=dict,
+        description="Read by the promotion policy; not written yet: no step measures fairness.",
+    )
     calibration: dict[str, float] = Field(default_factory=dict)
-    explanation_uri: str | None = None
+    explanation_uri: str | None = Field(
+        default=None, description="Not written yet: no step produces explanations."
+    )
 
 
 class ModelStatus(StatusBase):

@@ -7,14 +7,39 @@ randomness: the same objects and options always give byte-identical output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
-from aiml024.api import AnyObject, Deployment, Experiment, Model
+from aiml024.api import AnyObject, Deployment, Experiment, Model, unsupported
 
+from . import seldon, workflow
 from .options import VERSION, CompileError, CompileOptions
-from .seldon import ServedModel, compile_deployment
-from .workflow import compile_experiment
+from .seldon import ServedModel
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _refusing_unsupported(compile_fn: Callable[P, R]) -> Callable[P, R]:
+    """`compile_fn`, which first refuses a field the platform does not implement yet
+    (api.support), with the same `not supported yet: <path> (<why>)` as apply and the webhook."""
+
+    @functools.wraps(compile_fn)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        for obj in (*args, *kwargs.values()):
+            if isinstance(obj, Experiment | Model | Deployment):
+                problems = unsupported(obj)
+                if problems:
+                    raise CompileError("; ".join(problems))
+        return compile_fn(*args, **kwargs)
+
+    return checked
+
+
+# The entry points: a hollow field never compiles, whoever builds the object.
+compile_experiment = _refusing_unsupported(workflow.compile_experiment)
+compile_deployment = _refusing_unsupported(seldon.compile_deployment)
 
 
 def served_model(model: Model) -> ServedModel | None:
