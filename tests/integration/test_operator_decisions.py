@@ -17,11 +17,13 @@ from tests.integration.emulator.harness import SHA, free_port, register_result
 
 from aiml024.api import Deployment, Model
 from aiml024.api.deployment import Slo
-from aiml024.operator import rules, slo
+from aiml024.api.plan import traffic
+from aiml024.operator import slo
 from aiml024.operator.config import OperatorConfig
 from aiml024.operator.policy import gate
 from aiml024.policy import load_bundle
 from aiml024.reconcile import approvals as approval_rules
+from aiml024.reconcile.workflow import search_progress
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -80,17 +82,72 @@ def test_rollback_is_recorded_and_kept_for_the_generation() -> None:
     assert not slo.rolled_back(dep)
 
 
-def test_rollback_patch_moves_traffic_only_if_unchanged() -> None:
+def test_rollback_patch_moves_traffic_to_the_rolled_back_plan_only_if_unchanged() -> None:
+    dep = Deployment.model_validate(
+        {
+            "apiVersion": "aiml024.io/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": "churn"},
+            "spec": {"model": "a", "strategy": {"type": "canary", "canary": {"model": "b"}}},
+        }
+    )
     seldon = {
         "metadata": {"resourceVersion": "42"},
         "spec": {
-            "predictors": [{"name": "stable", "traffic": 90}, {"name": "canary", "traffic": 10}]
+            "predictors": [
+                {"name": "stable", "traffic": 90},
+                {"name": "canary", "traffic": 10},
+                {"name": "shadow", "shadow": True},
+            ]
         },
     }
-    ops = slo.rollback_patch(seldon)
+    ops = slo.traffic_patch(seldon, traffic(dep, rolled_back=True))
     assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "42"}
-    assert [op["value"] for op in ops[1:]] == [100, 0]
-    assert [p["traffic"] for p in slo.with_rollback(seldon)["spec"]["predictors"]] == [100, 0]
+    assert [(op["path"], op["value"]) for op in ops[1:]] == [
+        ("/spec/predictors/0/traffic", 100),
+        ("/spec/predictors/1/traffic", 0),
+    ]
+
+
+def test_api_errors_keep_their_meaning_through_the_client() -> None:
+    """kubernetes_asyncio's ApiException becomes NotFound, AlreadyExists or Conflict."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from aiml024.operator import kube
+
+    def answered(code: int, reason: str) -> kube.ApiError:
+        error = ApiException(status=code, reason="HTTP reason")
+        error.body = json.dumps({"kind": "Status", "reason": reason, "message": "why"}).encode()
+        return kube._error(error)
+
+    assert type(answered(404, "NotFound")) is kube.NotFound
+    assert type(answered(409, "AlreadyExists")) is kube.AlreadyExists
+    stale = answered(409, "Conflict")
+    assert type(stale) is kube.Conflict and stale.message == "why"
+    assert type(answered(403, "Forbidden")) is kube.ApiError
+    bare = kube._error(ApiException(status=500, reason="Internal Server Error"))
+    assert (bare.code, bare.reason) == (500, "Internal Server Error")
+
+
+def test_the_client_sends_the_connections_bearer_token(tmp_path: Path) -> None:
+    """A token file (the service account's) is re-read as it rotates."""
+    from aiml024.operator.kube import Connection
+
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    connection = Connection(server="https://api.example:6443", token_path=token)
+    config = connection.configuration()
+    assert config.host == "https://api.example:6443" and config.verify_ssl
+
+    async def bearer() -> str:
+        return str(await config.get_api_key_with_prefix("BearerToken"))
+
+    assert asyncio.run(bearer()) == "Bearer first"
+    token.write_text("second\n")
+    connection._token_read_at = 0.0  # as if a minute passed
+    assert asyncio.run(bearer()) == "Bearer second"
+    plain = Connection(server="http://127.0.0.1:1", token="alice", insecure=True).configuration()
+    assert not plain.verify_ssl and plain.api_key == {"BearerToken": "alice"}
 
 
 def test_observations_from_prometheus_and_from_exposition_text() -> None:
@@ -173,8 +230,8 @@ def test_search_progress_comes_from_the_search_node() -> None:
             "b": {"displayName": "search", "progress": "12/40"},
         },
     }
-    assert rules.search_progress(status) == (12, None)
-    assert rules.search_progress({"nodes": {}}) is None
+    assert search_progress(status) == (12, None)
+    assert search_progress({"nodes": {}}) is None
 
 
 # --- the gate through OPA --------------------------------------------------------------------

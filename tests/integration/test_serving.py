@@ -19,8 +19,14 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
 
-from aiml024.local.server import (  # noqa: E402
+from aiml024.api.plan import (  # noqa: E402
+    RUNTIME_CLASS,
     Predictor,
+    PredictorPlan,
+    RuntimeSettings,
+    ServedModel,
+)
+from aiml024.local.server import (  # noqa: E402
     ServerInfo,
     ServerStartError,
     server_alive,
@@ -74,20 +80,40 @@ def server(
 ) -> ServerInfo:
     """Deployment "churn": stable churn-v1 at 80 %, canary churn-v2 at 20 %, a shadow."""
     (v1, sha1), (v2, sha2) = bundles["v1"], bundles["v2"]
-    predictors = [
-        Predictor(name="churn-v1", bundle_dir=v1, sha256=sha1, weight=80, deployment="churn"),
-        Predictor(
-            name="churn-v2", bundle_dir=v2, sha256=sha2, weight=20, deployment="churn",
-            role="canary",
-        ),
-        Predictor(
-            name="churn-shadow", bundle_dir=v1, sha256=sha1, weight=0, deployment="churn",
-            role="shadow", shadow=True,
-        ),
-    ]  # fmt: skip
-    info = start_server("churn", predictors, tmp_path_factory.mktemp("serve"))
+    plan = PredictorPlan("churn", (
+        Predictor("stable", ServedModel("churn-v1", str(v1), sha1), 80),
+        Predictor("canary", ServedModel("churn-v2", v2.as_uri(), sha2), 20),
+        Predictor("shadow", ServedModel("churn-shadow", str(v1), sha1), 0, shadow=True),
+    ))  # fmt: skip
+    info = start_server(plan, tmp_path_factory.mktemp("serve"))
     yield info
     stop_server(info)
+
+
+def _single(model: ServedModel) -> PredictorPlan:
+    return PredictorPlan("churn", (Predictor("stable", model, 100),))
+
+
+def test_the_route_owner_reads_the_plan_back_typed() -> None:
+    """The local server writes each model's settings from the plan; the runtime reads the
+    same typed value back (and the cluster's environment where the settings leave a gap)."""
+    plan = PredictorPlan("churn", (
+        Predictor("stable", ServedModel("churn-v1", "/b/v1", "a" * 64, "classification"), 90),
+        Predictor("canary", ServedModel("churn-v2", "s3://b/v2", "b" * 64), 10),
+    ))  # fmt: skip
+    owner = RuntimeSettings("a" * 64, "churn", plan)
+    assert RuntimeSettings.read(owner.extra()) == owner
+    assert RuntimeSettings.read({"sha256": "b" * 64}) == RuntimeSettings("b" * 64)
+    pod = {"AIML024_MODEL_SHA256": "c" * 64, "AIML024_DEPLOYMENT": "churn"}
+    assert RuntimeSettings.read(None, pod) == RuntimeSettings("c" * 64, "churn")
+    with pytest.raises(ValueError):
+        RuntimeSettings.read({"plan": {"deployment": "churn", "predictors": "nope"}})
+
+
+def test_the_runtime_class_is_the_one_everyone_names() -> None:
+    from aiml024.runtime.serving import Aiml024Runtime
+
+    assert RUNTIME_CLASS == f"{Aiml024Runtime.__module__}.{Aiml024Runtime.__qualname__}"
 
 
 def _v2_request(rows: list[dict], content_type: str | None = "pd") -> dict:
@@ -180,11 +206,9 @@ def test_bundle_with_another_digest_refuses_to_load(
 ) -> None:
     path, _ = bundles["v1"]
     wrong = "0" * 64
-    predictor = Predictor(
-        name="churn-v1", bundle_dir=f"file://{path}", sha256=wrong, deployment="churn"
-    )
+    plan = _single(ServedModel("churn-v1", f"file://{path}", wrong))
     with pytest.raises(ServerStartError, match="digest mismatch") as raised:
-        start_server("churn", [predictor], tmp_path)
+        start_server(plan, tmp_path)
     assert wrong in str(raised.value)
 
 
@@ -192,8 +216,7 @@ def test_stop_server_leaves_nothing_behind(
     bundles: dict[str, tuple[Path, str]], tmp_path: Path
 ) -> None:
     path, sha = bundles["v1"]
-    predictor = Predictor(name="churn-v1", bundle_dir=path, sha256=sha, deployment="churn")
-    info = start_server("churn", [predictor], tmp_path)
+    info = start_server(_single(ServedModel("churn-v1", str(path), sha)), tmp_path)
     info = ServerInfo.model_validate_json(info.model_dump_json())  # as the control plane stores it
     assert server_alive(info)
 

@@ -9,6 +9,7 @@ import yaml
 from tests.conftest import EXAMPLES
 
 from aiml024.api import Deployment, Model, parse_object
+from aiml024.api.plan import plan_deployment
 from aiml024.compiler import (
     CompileError,
     CompileOptions,
@@ -16,6 +17,8 @@ from aiml024.compiler import (
     compile_deployment,
     compile_objects,
 )
+from aiml024.compiler.monitoring import compile_monitoring
+from aiml024.compiler.seldon import deployment_labels
 
 DIGEST = "ab" * 32
 MODELS = {
@@ -137,6 +140,18 @@ class TestSeldonDeployment:
         assert stable["replicas"] == 3
         assert "hpaSpec" not in stable["componentSpecs"][0]
 
+    def test_a_plan_is_served_as_made(self) -> None:
+        dep = deployment(CANARY)
+        plan = plan_deployment(dep, MODELS, rolled_back=True)
+        sdep = compile_deployment(dep, plan)[0]
+        assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == [
+            ("stable", 100),
+            ("canary", 0),
+        ]
+        assert sdep == compile_deployment(dep, plan_deployment(dep, MODELS, True))[0]
+        with pytest.raises(CompileError, match="the plan is for deployment churn"):
+            compile_deployment(deployment(CANARY, name="other"), plan)
+
     def test_unregistered_model_is_a_compile_error(self) -> None:
         with pytest.raises(CompileError, match="churn-model-2"):
             compile_deployment(deployment(CANARY), {"churn-model-v1": MODELS["churn-model-v1"]})
@@ -157,8 +172,12 @@ class TestMonitoring:
         assert 'code=~"5.."' in errors and errors.endswith("> 0.02")
 
     def test_drift_monitors_become_alerts(self) -> None:
-        spec = {"monitors": [{"type": "drift", "method": "ks", "threshold": 0.1}]}
-        groups = compiled(spec)["PrometheusRule"]["spec"]["groups"]
+        # The monitoring compiler alone: whether the api accepts monitors yet is its own rule.
+        document = deployment().wire()
+        document["spec"]["monitors"] = [{"type": "drift", "method": "ks", "threshold": 0.1}]
+        dep = Deployment.model_validate(document)
+        rule = compile_monitoring(dep, deployment_labels(dep))[1]
+        groups = rule["spec"]["groups"]
         drift = [r for g in groups for r in g["rules"] if r["alert"] == "Aiml024DriftDetected"]
         assert drift[0]["expr"] == 'aiml024_drift_score{deployment="churn",method="ks"} > 0.1'
 

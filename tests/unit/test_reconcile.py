@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aiml024.api import Deployment, Experiment, Model, SpecError
+from aiml024.api.plan import traffic
+from aiml024.compiler import compile_deployment
 from aiml024.policy import GateResult
 from aiml024.reconcile import approvals as approval_rules
 from aiml024.reconcile import deployment as deployment_rules
@@ -207,14 +209,47 @@ def test_plan_splits_traffic_by_the_canary_weight() -> None:
     plan = deployment_rules.plan_predictors(
         deployment(type="canary", canary={"model": "churn-v2", "weight": 20}), models
     )
-    assert [(p.role, p.model, p.weight) for p in plan] == [
+    assert [(p.role, p.model.name, p.weight) for p in plan] == [
         ("stable", "churn-model", 80),
         ("canary", "churn-v2", 20),
     ]
+    assert plan.traffic() == {"stable": 80, "canary": 20}
+    assert plan.digests() == {"stable": "a" * 64, "canary": "b" * 64}
     shadow = deployment_rules.plan_predictors(
         deployment(type="shadow", shadow={"model": "churn-v2"}), models
     )
-    assert [(p.role, p.shadow) for p in shadow] == [("stable", False), ("shadow", True)]
+    assert [(p.role, p.shadow, p.weight) for p in shadow] == [
+        ("stable", False, 100),
+        ("shadow", True, 0),
+    ]
+    assert shadow.traffic() == {"stable": 100} and shadow.stable.model.name == "churn-model"
+
+
+def test_rollback_is_an_input_to_the_plan() -> None:
+    """A rolled-back canary plans all live traffic on stable; the canary keeps running at 0 %
+    and a shadow keeps its copy. The rolled-back split without Models is the same rule."""
+    models = {"churn-model": decided(model()), "churn-v2": decided(model(sha="b" * 64))}
+    dep = deployment(type="canary", canary={"model": "churn-v2", "weight": 20})
+    plan = deployment_rules.plan_predictors(dep, models, rolled_back=True)
+    assert plan.rolled_back and plan.traffic() == {"stable": 100, "canary": 0}
+    assert [p.model.name for p in plan] == ["churn-model", "churn-v2"]
+    assert plan.traffic() == traffic(dep, rolled_back=True)
+    assert traffic(dep) == {"stable": 80, "canary": 20}
+    shadowed = deployment(type="shadow", shadow={"model": "churn-v2"})
+    assert deployment_rules.plan_predictors(shadowed, models, rolled_back=True).traffic() == {
+        "stable": 100
+    }
+
+
+def test_the_compiler_serves_the_plan_as_made() -> None:
+    models = {"churn-model": decided(model()), "churn-v2": decided(model(sha="b" * 64))}
+    dep = deployment(type="canary", canary={"model": "churn-v2", "weight": 20})
+    for rolled_back, weights in ((False, [80, 20]), (True, [100, 0])):
+        plan = deployment_rules.plan_predictors(dep, models, rolled_back=rolled_back)
+        seldon = compile_deployment(dep, plan)[0]
+        assert [(p["name"], p["traffic"]) for p in seldon["spec"]["predictors"]] == list(
+            zip(["stable", "canary"], weights, strict=True)
+        )
 
 
 def test_plan_waits_for_a_registered_model_in_the_required_stage() -> None:

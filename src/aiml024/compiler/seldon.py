@@ -1,10 +1,12 @@
 """Deployment -> SeldonDeployment (`machinelearning.seldon.io/v1`, protocol v2) + monitoring.
 
-Each serving Model becomes one predictor (`stable`, and `canary` or `shadow` when the strategy
-says) whose single graph node is an MLServer container running aiml024's own runtime class
-(no Seldon `implementation`). The runtime fetches the bundle from `MLSERVER_MODEL_URI` with
-fsspec and checks it against `AIML024_MODEL_SHA256`, so local serving and the cluster share one
-download path and no Seldon storage initializer (and its rclone secret) is needed.
+The compiler serves a predictor plan (aiml024.api.plan.PredictorPlan): each planned predictor
+becomes one Seldon predictor (`stable`, and `canary` or `shadow` when the strategy says), with
+the plan's weight as its traffic, whose single graph node is an MLServer container running
+aiml024's own runtime class (no Seldon `implementation`). The runtime fetches the bundle from
+`MLSERVER_MODEL_URI` with fsspec and checks it against `AIML024_MODEL_SHA256`, so local serving
+and the cluster share one download path and no Seldon storage initializer (and its rclone
+secret) is needed.
 
 The MLServer model name is the Deployment's name in every predictor, so one request path,
 `/v2/models/<deployment>/infer`, reaches whichever predictor the traffic split picks.
@@ -13,34 +15,38 @@ The MLServer model name is the Deployment's name in every predictor, so one requ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiml024.api import Deployment
+from aiml024.api.common import DEPLOYMENT_LABEL, GENERATION_LABEL
+from aiml024.api.labels import MODEL_LABEL, SHA256_LABEL, TASK_LABEL, short_digest
+from aiml024.api.plan import (
+    DEPLOYMENT_ENV,
+    RUNTIME_CLASS,
+    SHA256_ENV,
+    MissingModel,
+    Predictor,
+    PredictorPlan,
+    ServedModel,
+    plan_deployment,
+)
 
 from .monitoring import compile_monitoring
 from .options import MANAGED_BY, CompileError, CompileOptions
 
-RUNTIME_CLASS = "aiml024.runtime.serving.Aiml024Runtime"
-# A sha256 (64 hex digits) is longer than a label value may be (63): labels carry a prefix
-# for selection, annotations and the container's environment the full digest.
-SHORT_DIGEST = 12
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What serving needs to know about a registered Model version."""
-
-    name: str
-    artifact_uri: str
-    sha256: str | None = None
-    task: str | None = None
+__all__ = [
+    "RUNTIME_CLASS",
+    "ServedModel",
+    "compile_deployment",
+    "compile_seldon_deployment",
+    "deployment_labels",
+]
 
 
 def deployment_labels(dep: Deployment) -> dict[str, str]:
     return {
-        "aiml024.io/deployment": dep.metadata.name,
-        "aiml024.io/generation": str(dep.metadata.generation or 1),
+        DEPLOYMENT_LABEL: dep.metadata.name,
+        GENERATION_LABEL: str(dep.metadata.generation or 1),
         **MANAGED_BY,
     }
 
@@ -53,9 +59,9 @@ def _container(dep: Deployment, model: ServedModel, options: CompileOptions) -> 
         "MLSERVER_MODEL_URI": model.artifact_uri,
     }
     if model.sha256:
-        env["AIML024_MODEL_SHA256"] = model.sha256
+        env[SHA256_ENV] = model.sha256
     # The runtime also serves the product route /v1/inference/<deployment>:predict.
-    env["AIML024_DEPLOYMENT"] = dep.metadata.name
+    env[DEPLOYMENT_ENV] = dep.metadata.name
     container: dict[str, Any] = {"name": dep.metadata.name, "image": options.image}
     if options.image_pull_policy:
         container["imagePullPolicy"] = options.image_pull_policy
@@ -67,16 +73,15 @@ def _container(dep: Deployment, model: ServedModel, options: CompileOptions) -> 
     return container
 
 
-def _predictor(
-    dep: Deployment, name: str, model: ServedModel, traffic: int | None, options: CompileOptions
-) -> dict[str, Any]:
-    labels = {"aiml024.io/model": model.name}
+def _predictor(dep: Deployment, planned: Predictor, options: CompileOptions) -> dict[str, Any]:
+    model = planned.model
+    labels = {MODEL_LABEL: model.name}
     annotations = {}
     if model.sha256:
-        labels["aiml024.io/sha256"] = model.sha256[:SHORT_DIGEST]
-        annotations["aiml024.io/sha256"] = model.sha256
+        labels[SHA256_LABEL] = short_digest(model.sha256)
+        annotations[SHA256_LABEL] = model.sha256
     if model.task:
-        labels["aiml024.io/task"] = model.task
+        labels[TASK_LABEL] = model.task
     component: dict[str, Any] = {"spec": {"containers": [_container(dep, model, options)]}}
     autoscaling = dep.spec.autoscaling
     if autoscaling is not None:
@@ -97,11 +102,11 @@ def _predictor(
                 }
             ],
         }
-    predictor: dict[str, Any] = {"name": name}
-    if traffic is None:
+    predictor: dict[str, Any] = {"name": planned.role}
+    if planned.shadow:
         predictor["shadow"] = True
     else:
-        predictor["traffic"] = traffic
+        predictor["traffic"] = planned.weight
     if autoscaling is None:
         predictor["replicas"] = dep.spec.replicas
     predictor["labels"] = labels
@@ -112,15 +117,25 @@ def _predictor(
     return predictor
 
 
+def plan_of(dep: Deployment, served: PredictorPlan | Mapping[str, ServedModel]) -> PredictorPlan:
+    """`served` as a plan: a plan as it is, or Models by name planned as the spec asks (a
+    Model the spec names and `served` lacks is a CompileError)."""
+    if isinstance(served, PredictorPlan):
+        if served.deployment != dep.metadata.name:
+            raise CompileError(
+                f"the plan is for deployment {served.deployment}, not {dep.metadata.name}"
+            )
+        return served
+    try:
+        return plan_deployment(dep, served)
+    except MissingModel as missing:
+        raise CompileError(str(missing)) from None
+
+
 def compile_seldon_deployment(
-    dep: Deployment, models: Mapping[str, ServedModel], options: CompileOptions
+    dep: Deployment, served: PredictorPlan | Mapping[str, ServedModel], options: CompileOptions
 ) -> dict[str, Any]:
-    predictors = []
-    for predictor, model_name, traffic in dep.spec.routes():
-        model = models.get(model_name)
-        if model is None:
-            raise CompileError(f"model {model_name!r} (predictor {predictor}) is not registered")
-        predictors.append(_predictor(dep, predictor, model, traffic, options))
+    predictors = [_predictor(dep, planned, options) for planned in plan_of(dep, served)]
     metadata: dict[str, Any] = {"name": dep.metadata.name}
     if dep.metadata.namespace:
         metadata["namespace"] = dep.metadata.namespace
@@ -135,16 +150,18 @@ def compile_seldon_deployment(
 
 def compile_deployment(
     dep: Deployment,
-    models: Mapping[str, ServedModel],
+    served: PredictorPlan | Mapping[str, ServedModel],
     options: CompileOptions | None = None,
 ) -> list[dict[str, Any]]:
     """SeldonDeployment, ServiceMonitor and PrometheusRule for `dep`, in that order.
 
-    `models` maps every Model the strategy names to what it serves; a missing one is a
-    CompileError (the operator waits for registration instead of serving nothing).
+    `served` is the plan to serve (the control planes pass the one they made, rollback
+    included), or what each Model the strategy names serves, planned here as the spec asks
+    (`aiml024 compile`); a Model missing from it is a CompileError (the operator waits for
+    registration instead of serving nothing).
     """
     options = options or CompileOptions()
     return [
-        compile_seldon_deployment(dep, models, options),
+        compile_seldon_deployment(dep, served, options),
         *compile_monitoring(dep, deployment_labels(dep)),
     ]

@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import fsspec
 
 from .. import __version__
 from ..api import Deployment, Experiment, Model, ModelStatus
-from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE
+from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE, EXPERIMENT_LABEL
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
 from ..files import write_atomic
@@ -29,6 +28,7 @@ from ..reconcile import approvals as approval_rules
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
 from ..reconcile import model as model_rules
+from ..reconcile.clock import now as _now
 from ..signing import (
     ApproverRegistry,
     SignedApproval,
@@ -49,10 +49,6 @@ from .store import Store
 # (AIML024_USER overrides it, e.g. for a second person on a shared box or in demos).
 def current_user() -> str:
     return os.environ.get("AIML024_USER") or getpass.getuser()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class ApplyError(RuntimeError):
@@ -360,28 +356,22 @@ class LocalControlPlane:
             if server_file.exists()
             else None
         )
-        wanted = {p.role: p.sha256 for p in plan}
         if (
             info
             and model_server.server_alive(info)
             and dep.status
-            and dep.status.models == wanted
-            and dep.status.traffic == {p.role: p.weight for p in plan}
+            and dep.status.models == plan.digests()
+            and dep.status.traffic == plan.traffic()
         ):
             progress.message(f"deployment {name} is already serving at {info.url}")
             return info.url
         if info:
             model_server.stop_server(info)
         progress.message(f"starting MLServer for deployment {name}")
-        predictors = [
-            model_server.Predictor(
-                name=p.model, role=p.role, bundle_dir=self._local_bundle(p.artifact_uri),
-                sha256=p.sha256, weight=p.weight, deployment=name, shadow=p.shadow,
-            )
-            for p in plan
-        ]  # fmt: skip
+        for predictor in plan:
+            self._check_local(predictor.model.artifact_uri)
         try:
-            info = model_server.start_server(name, predictors, self.home / "servers" / name)
+            info = model_server.start_server(plan, self.home / "servers" / name)
         except Exception as error:
             status = deployment_rules.deployment_status(
                 dep, None, None, _now(), f"server failed: {error}"
@@ -396,12 +386,11 @@ class LocalControlPlane:
         self.store.record_event(dep.wire(), "Normal", "Serving", f"serving at {info.url}")
         return info.url
 
-    def _local_bundle(self, artifact_uri: str) -> Path:
+    def _check_local(self, artifact_uri: str) -> None:
         if not artifact_uri.startswith("file://"):
             raise ApplyError(
                 f"the local control plane serves file:// artifacts, not {artifact_uri}"
             )
-        return Path(artifact_uri.removeprefix("file://"))
 
     # -- delete ---------------------------------------------------------------------------------
 
@@ -418,7 +407,7 @@ class LocalControlPlane:
                 # As garbage collection does for owned Workflows; Models outlive their Experiment.
                 for workflow in self.store.list("Workflow"):
                     labels = workflow["metadata"].get("labels", {})
-                    if labels.get("aiml024.io/experiment") == name:
+                    if labels.get(EXPERIMENT_LABEL) == name:
                         wf_name = workflow["metadata"]["name"]
                         self.store.delete("Workflow", wf_name)
                         shutil.rmtree(self.home / "runs" / wf_name, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Serve a local Deployment with a real MLServer process on 127.0.0.1.
+"""Serve a local Deployment's predictor plan with a real MLServer process on 127.0.0.1.
 
 `start_server` writes an MLServer model repository under `workdir`:
 
@@ -7,11 +7,12 @@
     workdir/server.log                       the server's stdout and stderr
 
 and starts `mlserver start workdir/repo` detached in its own session (it outlives the CLI that
-started it; `stop_server` ends its whole process group). Every predictor of a Deployment runs in
-the same MLServer. The stable predictor owns the product route
-`POST /v1/inference/<deployment>:predict`, splits it over the live predictors by weight and
-copies it to shadows (see aiml024.runtime.serving for how); each model also answers V2 at
-`/v2/models/<model>/infer`.
+started it; `stop_server` ends its whole process group). Every predictor of the plan
+(aiml024.api.plan.PredictorPlan) runs in the same MLServer, one model each. The plan's stable
+predictor owns the product route `POST /v1/inference/<deployment>:predict`: its settings carry
+the plan (aiml024.api.plan.RuntimeSettings), by which it splits the route over the live
+predictors and copies it to the shadows (see aiml024.runtime.serving for how); each model also
+answers V2 at `/v2/models/<model>/infer`.
 
 `parallel_workers: 0` serves in the main process: on 2 cores it was ready in ~1.9 s against
 ~2.5 s with one worker process (which imports the ML stack again), and serves as well locally.
@@ -34,23 +35,13 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-RUNTIME = "aiml024.runtime.serving.Aiml024Runtime"
+from ..api.labels import short_digest
+from ..api.plan import DEPLOYMENT_ENV, RUNTIME_CLASS, SHA256_ENV, PredictorPlan, RuntimeSettings
+
 READY_TIMEOUT_S = 90.0
 # The runtime's single-model settings in a cluster; they would apply to every model here.
-_CLUSTER_ENV = {"AIML024_MODEL_SHA256", "AIML024_DEPLOYMENT"}
+_CLUSTER_ENV = {SHA256_ENV, DEPLOYMENT_ENV}
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
-
-
-class Predictor(BaseModel):
-    """One model version behind a deployment."""
-
-    name: str = Field(description="MLServer model name (the Model's name).")
-    bundle_dir: Path | str = Field(description="Bundle directory, or a URI (file://, s3://).")
-    sha256: str | None = Field(default=None, description="Expected bundle digest.")
-    weight: int = Field(default=100, ge=0, description="Share of the deployment's traffic.")
-    deployment: str
-    role: str = Field(default="stable", description="stable, canary or shadow.")
-    shadow: bool = Field(default=False, description="Gets a copy of traffic; answers nobody.")
 
 
 class ServerInfo(BaseModel):
@@ -74,20 +65,20 @@ class ServerStartError(RuntimeError):
     """MLServer did not become ready; the message ends with the last lines of server.log."""
 
 
-def start_server(
-    name: str, predictors: list[Predictor], workdir: Path, http_port: int | None = None
-) -> ServerInfo:
-    """Start MLServer for `predictors` and wait until it and every model are ready."""
-    if not predictors:
+def start_server(plan: PredictorPlan, workdir: Path, http_port: int | None = None) -> ServerInfo:
+    """Start MLServer for every predictor of `plan` (each bundle at its artifact URI: a path,
+    file:// or any fsspec URL) and wait until it and every model are ready."""
+    name = plan.deployment
+    if not plan.predictors:
         raise ValueError(f"server {name}: no predictors to serve")
-    names = [p.name for p in predictors]
+    names = [p.model.name for p in plan]
     if len(set(names)) != len(names):
-        raise ValueError(f"server {name}: each predictor needs its own model name, got {names}")
+        raise ValueError(f"server {name}: each predictor needs its own model, got {names}")
     workdir = Path(workdir).resolve()
     repo = workdir / "repo"
     http_port = http_port or _free_port()
     grpc_port, metrics_port = _free_port(), _free_port()
-    _write_repository(repo, predictors, http_port, grpc_port, metrics_port)
+    _write_repository(repo, plan, http_port, grpc_port, metrics_port)
 
     log_path = workdir / "server.log"
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}  # settings say it all
@@ -115,7 +106,7 @@ def start_server(
         workdir=str(workdir),
         log=str(log_path),
         models=names,
-        routes={d: f"{url}/v1/inference/{d}:predict" for d in _owners(predictors)},
+        routes={name: f"{url}/v1/inference/{name}:predict"},
     )
     try:
         _wait_ready(info, process)
@@ -157,7 +148,7 @@ def server_alive(info: ServerInfo) -> bool:
 
 
 def _write_repository(
-    repo: Path, predictors: list[Predictor], http_port: int, grpc_port: int, metrics_port: int
+    repo: Path, plan: PredictorPlan, http_port: int, grpc_port: int, metrics_port: int
 ) -> None:
     shutil.rmtree(repo, ignore_errors=True)  # a model left from an earlier start would load too
     repo.mkdir(parents=True)
@@ -170,35 +161,26 @@ def _write_repository(
         "load_models_at_startup": True,
     }
     (repo / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    owners = _owners(predictors)
-    for predictor in predictors:
-        extra: dict[str, object] = {"sha256": predictor.sha256}
-        if owners.get(predictor.deployment) is predictor:
-            peers = [p for p in predictors if p.deployment == predictor.deployment]
-            extra["deployment"] = predictor.deployment
-            extra["routes"] = [{"model": p.name, "weight": p.weight} for p in peers if not p.shadow]
-            extra["shadows"] = [p.name for p in peers if p.shadow]
+    owner = plan.stable
+    for predictor in plan:
+        model = predictor.model
+        runtime = (
+            RuntimeSettings(model.sha256, plan.deployment, plan)
+            if predictor is owner
+            else RuntimeSettings(model.sha256)
+        )
         model_settings = {
-            "name": predictor.name,
-            "implementation": RUNTIME,
+            "name": model.name,
+            "implementation": RUNTIME_CLASS,
             "parameters": {
-                "uri": str(predictor.bundle_dir),
-                "version": predictor.sha256[:12] if predictor.sha256 else None,
-                "extra": extra,
+                "uri": model.artifact_uri,
+                "version": short_digest(model.sha256) if model.sha256 else None,
+                "extra": runtime.extra(),
             },
         }
-        model_dir = repo / predictor.name
+        model_dir = repo / model.name
         model_dir.mkdir(parents=True)
         (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
-
-
-def _owners(predictors: list[Predictor]) -> dict[str, Predictor]:
-    """The route owner of each deployment: its stable predictor, else its first."""
-    owners: dict[str, Predictor] = {}
-    for predictor in predictors:
-        if predictor.role == "stable" or predictor.deployment not in owners:
-            owners[predictor.deployment] = predictor
-    return owners
 
 
 def _wait_ready(info: ServerInfo, process: subprocess.Popen[bytes]) -> None:

@@ -2,7 +2,8 @@
 
 Importing this package registers every handler (aiml024.operator.handlers) with kopf's
 default registry. The decisions live in aiml024.reconcile, aiml024.policy, aiml024.compiler
-and, for what only a cluster needs, aiml024.operator.rules and aiml024.operator.slo.
+and, for the SLO judgement only a cluster makes, aiml024.operator.slo; the reads and writes on
+the API go through aiml024.operator.kube (kubernetes_asyncio).
 """
 
 from . import handlers

@@ -18,17 +18,17 @@ Identity comes from the API server's userInfo on each request, never from the ob
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from ..api import Deployment, Experiment, Model, ModelStatus, describe_validation_error
-from ..api.common import APPLIED_BY, APPROVALS, APPROVE
+from ..api.common import APPLIED_BY, APPROVALS, APPROVE, DEFAULT_NAMESPACE
 from ..compiler import CompileError, compile_experiment
 from ..policy import promotion_decision
 from ..reconcile import approvals as approval_rules
+from ..reconcile.clock import now as _now
 from ..reconcile.model import stage_reaches
 from ..signing import is_approval_annotation
 from . import policy
@@ -156,7 +156,12 @@ async def stamp_model(
         model = _parse(Model, old if old is not None else body)
         meta = model.metadata
         if not await kube.allowed(
-            user, _groups(userinfo), "approve", MODELS, meta.namespace or "default", meta.name
+            user,
+            _groups(userinfo),
+            "approve",
+            MODELS,
+            meta.namespace or DEFAULT_NAMESPACE,
+            meta.name,
         ):
             raise kopf.AdmissionError(
                 f"{user} may not approve models in namespace {meta.namespace}: approving needs "
@@ -222,7 +227,3 @@ def validate_model_status(config: OperatorConfig, body: Obj, old: Obj | None, us
                 "this artifact digest",
                 code=403,
             )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)

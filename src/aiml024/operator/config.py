@@ -1,4 +1,5 @@
-"""The operator's installation settings, read once from the environment at startup."""
+"""The operator's installation settings, read once from the environment at startup (the SLO
+timer's interval at import: kopf needs it when the handlers register)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from pathlib import Path
 from ..compiler import CompileOptions
 from ..policy import default_policy_dir
 
-# The label every child the operator creates carries, and that its watches select on.
-MANAGED = {"app.kubernetes.io/managed-by": "aiml024"}
-
 
 def _float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -21,6 +19,11 @@ def _float(name: str, default: float) -> float:
 def _path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
+
+
+def slo_interval() -> float:
+    """Seconds between SLO checks of a canary ($AIML024_SLO_INTERVAL, default 30)."""
+    return _float("AIML024_SLO_INTERVAL", 30.0)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,6 @@ class OperatorConfig:
     # Where each predictor's own metrics are when there is no Prometheus (Seldon v1 names the
     # predictor Service <deployment>-<predictor>; its executor serves /prometheus on 8000).
     metrics_url: str = "http://{deployment}-{predictor}.{namespace}.svc:8000/prometheus"
-    slo_interval: float = 30.0
     retry_delay: float = 10.0
     webhook_port: int = 9443
     webhook_cert_dir: Path = Path("/certs")
@@ -65,7 +67,6 @@ class OperatorConfig:
             opa_token_file=_path("AIML024_OPA_TOKEN_FILE"),
             prometheus_url=env("AIML024_PROMETHEUS_URL") or None,
             metrics_url=env("AIML024_METRICS_URL") or cls.metrics_url,
-            slo_interval=_float("AIML024_SLO_INTERVAL", 30.0),
             retry_delay=_float("AIML024_RETRY_DELAY", 10.0),
             webhook_port=int(env("AIML024_WEBHOOK_PORT") or 9443),
             webhook_cert_dir=Path(env("AIML024_WEBHOOK_CERT_DIR") or "/certs"),

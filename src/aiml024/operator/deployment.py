@@ -1,8 +1,10 @@
 """Deployment: SeldonDeployment + ServiceMonitor + PrometheusRule, readiness, SLO rollback.
 
-`reconcile` applies the compiled children (only when their compiled spec changed: Seldon's own
-defaulting must not make us fight it) and mirrors readiness and the live traffic split.
-`check_slo` judges a running canary and moves its traffic back to stable on a breach.
+`reconcile` makes the predictor plan (aiml024.reconcile.deployment.plan_predictors, with this
+generation's rollback as an input), applies what the compiler makes of it (only when a child's
+compiled spec changed: Seldon's own defaulting must not make us fight it) and mirrors readiness
+and the live traffic split. `check_slo` judges a running canary and, on a breach, records the
+rollback and moves live traffic to the rolled-back plan's split.
 """
 
 from __future__ import annotations
@@ -11,28 +13,26 @@ import asyncio
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import kopf
 
 from ..api import Deployment, DeploymentStatus, Model
-from ..compiler import ServedModel, compile_deployment
+from ..api.common import DEFAULT_NAMESPACE
+from ..api.labels import SPEC_HASH_ANNOTATION as SPEC_HASH
+from ..api.plan import traffic as planned_traffic
+from ..compiler import compile_deployment
 from ..policy import GateResult
 from ..reconcile import deployment as deployment_rules
+from ..reconcile.clock import now as _now
+from ..reconcile.deployment import live_split, seldon_ready
 from . import policy, slo
 from .config import OperatorConfig
-from .kube import BY_KIND, DEPLOYMENTS, MODELS, NAMESPACES, SELDON, Conflict, Kube
-from .rules import live_split, seldon_ready
+from .kube import BY_KIND, DEPLOYMENTS, MODELS, NAMESPACES, SELDON, Conflict, Kube, settle
 
 Obj = dict[str, Any]
-SPEC_HASH = "aiml024.io/spec-hash"
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _spec_hash(manifest: Obj) -> str:
@@ -40,16 +40,20 @@ def _spec_hash(manifest: Obj) -> str:
 
 
 async def _models(kube: Kube, dep: Deployment) -> dict[str, Model]:
-    strategy = dep.spec.strategy
-    names = {dep.spec.model, *(s.model for s in (strategy.canary, strategy.shadow) if s)}
+    """The Models the Deployment's routes name, as recorded now (absent ones left out)."""
+    names = {route.model for route in dep.spec.routes()}
     found = await asyncio.gather(*(kube.get(MODELS, dep.metadata.namespace, n) for n in names))
     return {m["metadata"]["name"]: Model.model_validate(m) for m in found if m is not None}
 
 
-async def deployment_policy_gate(kube: Kube, config: OperatorConfig, dep: Deployment) -> GateResult:
-    """The deployment policy for `dep`, with its Models and its namespace's labels as stored."""
-    models = await _models(kube, dep)
-    ns = await kube.get(NAMESPACES, None, dep.metadata.namespace or "default") or {}
+async def deployment_policy_gate(
+    kube: Kube, config: OperatorConfig, dep: Deployment, models: dict[str, Model] | None = None
+) -> GateResult:
+    """The deployment policy for `dep`, with its Models (read unless given) and its
+    namespace's labels as stored."""
+    if models is None:
+        models = await _models(kube, dep)
+    ns = await kube.get(NAMESPACES, None, dep.metadata.namespace or DEFAULT_NAMESPACE) or {}
     labels = dict((ns.get("metadata") or {}).get("labels") or {})
     return await policy.deployment_gate(
         config, dep, deployment_rules.routed_models(dep, models), labels
@@ -71,13 +75,9 @@ async def model_changed(kube: Kube, config: OperatorConfig, namespace: str, mode
 async def reconcile(
     kube: Kube, config: OperatorConfig, namespace: str, name: str, apply: bool = True
 ) -> None:
-    for _attempt in range(5):
-        try:
-            await _reconcile_once(kube, config, namespace, name, apply)
-            return
-        except Conflict:
-            continue
-    raise kopf.TemporaryError(f"deployment {name} kept changing while reconciling", delay=1)
+    await settle(
+        f"deployment {name}", lambda: _reconcile_once(kube, config, namespace, name, apply)
+    )
 
 
 async def _reconcile_once(
@@ -88,8 +88,10 @@ async def _reconcile_once(
         return
     dep = Deployment.model_validate(body)
     try:
-        plan = deployment_rules.plan_predictors(dep, await _models(kube, dep))
-        gate = await deployment_policy_gate(kube, config, dep)
+        models = await _models(kube, dep)
+        # This generation's rollback holds through re-applies: it is an input to the plan.
+        plan = deployment_rules.plan_predictors(dep, models, rolled_back=slo.rolled_back(dep))
+        gate = await deployment_policy_gate(kube, config, dep, models)
         if gate.decision != "allow":
             raise deployment_rules.NotServable(
                 "the deployment policy refuses it: " + "; ".join(gate.violations)
@@ -102,11 +104,7 @@ async def _reconcile_once(
             raise kopf.TemporaryError(str(waiting), delay=config.retry_delay) from None
         return
     if apply:
-        served = {p.model: ServedModel(p.model, p.artifact_uri, p.sha256, p.task) for p in plan}
-        children = compile_deployment(dep, served, config.compile)
-        if slo.rolled_back(dep):  # keep this generation's rollback through re-applies
-            children[0] = slo.with_rollback(children[0])
-        for child in children:
+        for child in compile_deployment(dep, plan, config.compile):
             await _apply(kube, body, child)
     seldon = await kube.get(SELDON, namespace, name)
     ready, endpoint, why = seldon_ready(seldon)
@@ -165,9 +163,10 @@ async def _check_slo_once(kube: Kube, config: OperatorConfig, namespace: str, na
         return
     dep = Deployment.model_validate(body)
     traffic = live_split(seldon)
+    rolled_back = planned_traffic(dep, rolled_back=True)
     if slo.rolled_back(dep):
-        if traffic.get("canary", 0) > 0:  # decided, but the traffic move did not land yet
-            await kube.json_patch(SELDON, namespace, name, slo.rollback_patch(seldon))
+        if traffic != rolled_back:  # decided, but the traffic move did not land yet
+            await kube.json_patch(SELDON, namespace, name, slo.traffic_patch(seldon, rolled_back))
         return
     if traffic.get("canary", 0) <= 0:
         return
@@ -177,7 +176,7 @@ async def _check_slo_once(kube: Kube, config: OperatorConfig, namespace: str, na
     # Record the decision first: a crash after it still ends with the traffic moved (above).
     if await kube.replace_status(DEPLOYMENTS, body, status.wire()) is None or breach is None:
         return
-    await kube.json_patch(SELDON, namespace, name, slo.rollback_patch(seldon))
+    await kube.json_patch(SELDON, namespace, name, slo.traffic_patch(seldon, rolled_back))
     kopf.warn(body, reason="RolledBack", message=f"traffic moved back to stable: {breach.reason}")
 
 

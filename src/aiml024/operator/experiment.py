@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -18,19 +17,18 @@ import kopf
 from pydantic import ValidationError
 
 from ..api import Experiment, ExperimentStatus, Model, ObjectMeta, SpecError
+from ..api.common import DEFAULT_NAMESPACE
 from ..compiler import CompileError, compile_experiment
+from ..compiler.options import MANAGED_BY
 from ..reconcile import experiment as experiment_rules
+from ..reconcile.clock import now as _now
+from ..reconcile.workflow import needs_workflow, search_progress
 from . import model as model_handlers
-from .config import MANAGED, OperatorConfig
-from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Conflict, Kube
-from .rules import needs_workflow, search_progress
+from .config import OperatorConfig
+from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Kube, settle
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 async def reconcile(
@@ -38,13 +36,9 @@ async def reconcile(
 ) -> None:
     """`ensure`: create the Workflow when missing (the Experiment's own handlers); the Workflow
     watcher only mirrors, so a stale Workflow event cannot resurrect anything."""
-    for _attempt in range(5):
-        try:
-            await _reconcile_once(kube, config, namespace, name, ensure)
-            return
-        except Conflict:
-            continue  # someone wrote in between: read again, decide again
-    raise kopf.TemporaryError(f"experiment {name} kept changing while reconciling", delay=1)
+    await settle(
+        f"experiment {name}", lambda: _reconcile_once(kube, config, namespace, name, ensure)
+    )
 
 
 async def _reconcile_once(
@@ -151,11 +145,11 @@ async def register_model(kube: Kube, config: OperatorConfig, exp: Experiment, wf
     uri = experiment_rules.registration_uri(store, exp, wf_name)
     record = await asyncio.to_thread(_read_record, uri)
     model = experiment_rules.model_to_register(exp, record, store, wf_name)
-    namespace = exp.metadata.namespace or "default"
+    namespace = exp.metadata.namespace or DEFAULT_NAMESPACE
     doc = model.wire()
     evidence = doc.pop("status", {})
     doc["metadata"]["namespace"] = namespace
-    doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **MANAGED}
+    doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **MANAGED_BY}
     name = doc["metadata"]["name"]
     existing, created = await kube.ensure(MODELS, doc)
     if not created:

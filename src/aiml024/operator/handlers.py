@@ -8,19 +8,15 @@ writes nothing of its own into status (the CRD schemas would refuse it).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
+from ..api.common import DEPLOYMENT_LABEL, EXPERIMENT_LABEL
+from ..compiler.options import MANAGED_BY
 from . import admission, deployment, experiment, model
-from .config import MANAGED, OperatorConfig
-from .kube import Connection, Kube
-
-GROUP, VERSION = "aiml024.io", "v1alpha1"
-# kopf needs the timer's interval at registration time (import), so it is read here.
-SLO_INTERVAL = float(os.environ.get("AIML024_SLO_INTERVAL") or 30)
-
+from .config import OperatorConfig, slo_interval
+from .kube import DEPLOYMENTS, EXPERIMENTS, MODELS, SELDON, WORKFLOWS, Connection, Kube
 
 # --- operator lifecycle ---------------------------------------------------------------------
 
@@ -81,16 +77,16 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 # --- Experiment -----------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "experiments")
-@kopf.on.create(GROUP, VERSION, "experiments")
-@kopf.on.update(GROUP, VERSION, "experiments", field="spec")
+@kopf.on.resume(*EXPERIMENTS.selector)
+@kopf.on.create(*EXPERIMENTS.selector)
+@kopf.on.update(*EXPERIMENTS.selector, field="spec")
 async def experiment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await experiment.reconcile(memo.kube, memo.config, namespace, name, ensure=True)
 
 
-@kopf.on.event("argoproj.io", "v1alpha1", "workflows", labels=MANAGED)
+@kopf.on.event(*WORKFLOWS.selector, labels=MANAGED_BY)
 async def workflow_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    owner = labels.get("aiml024.io/experiment")
+    owner = labels.get(EXPERIMENT_LABEL)
     if owner:
         await experiment.reconcile(memo.kube, memo.config, namespace, owner, ensure=False)
 
@@ -98,14 +94,14 @@ async def workflow_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, *
 # --- Model ----------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "models")
-@kopf.on.create(GROUP, VERSION, "models")
-@kopf.on.update(GROUP, VERSION, "models")  # spec.stage, and approvals (annotations)
+@kopf.on.resume(*MODELS.selector)
+@kopf.on.create(*MODELS.selector)
+@kopf.on.update(*MODELS.selector)  # spec.stage, and approvals (annotations)
 async def model_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await model.reconcile(memo.kube, memo.config, namespace, name)
 
 
-@kopf.on.event(GROUP, VERSION, "models")
+@kopf.on.event(*MODELS.selector)
 async def model_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A Model's recorded decision or stage changed: the Deployments serving it look again
     (a model that lost its approval stops counting as servable, and they say so)."""
@@ -115,16 +111,16 @@ async def model_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
 # --- Deployment -----------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "deployments")
-@kopf.on.create(GROUP, VERSION, "deployments")
-@kopf.on.update(GROUP, VERSION, "deployments", field="spec")
+@kopf.on.resume(*DEPLOYMENTS.selector)
+@kopf.on.create(*DEPLOYMENTS.selector)
+@kopf.on.update(*DEPLOYMENTS.selector, field="spec")
 async def deployment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await deployment.reconcile(memo.kube, memo.config, namespace, name, apply=True)
 
 
-@kopf.on.event("machinelearning.seldon.io", "v1", "seldondeployments", labels=MANAGED)
+@kopf.on.event(*SELDON.selector, labels=MANAGED_BY)
 async def seldon_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    owner = labels.get("aiml024.io/deployment")
+    owner = labels.get(DEPLOYMENT_LABEL)
     if owner:
         await deployment.reconcile(memo.kube, memo.config, namespace, owner, apply=False)
 
@@ -133,7 +129,7 @@ def _canary(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("strategy") or {}).get("type") in ("canary", "ab")
 
 
-@kopf.timer(GROUP, VERSION, "deployments", interval=SLO_INTERVAL, when=_canary)
+@kopf.timer(*DEPLOYMENTS.selector, interval=slo_interval(), when=_canary)
 async def slo_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await deployment.check_slo(memo.kube, memo.config, namespace, name)
 
@@ -142,16 +138,14 @@ async def slo_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> Non
 # Each handler id is the webhook URL path (manifests/webhooks.yaml names the same paths).
 
 
-@kopf.on.mutate(
-    GROUP, VERSION, "experiments", id="stamp-experiment", operations=["CREATE", "UPDATE"]
-)
+@kopf.on.mutate(*EXPERIMENTS.selector, id="stamp-experiment", operations=["CREATE", "UPDATE"])
 def stamp_experiment(
     body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], patch: kopf.Patch, **_: Any
 ) -> None:
     admission.stamp_experiment(dict(body), _raw(old), admission.user_of(userinfo), patch)
 
 
-@kopf.on.mutate(GROUP, VERSION, "models", id="stamp-model", operations=["CREATE", "UPDATE"])
+@kopf.on.mutate(*MODELS.selector, id="stamp-model", operations=["CREATE", "UPDATE"])
 async def stamp_model(
     body: kopf.Body,
     old: kopf.Body | None,
@@ -163,14 +157,12 @@ async def stamp_model(
     await admission.stamp_model(memo.kube, memo.config, dict(body), _raw(old), userinfo, patch)
 
 
-@kopf.on.validate(
-    GROUP, VERSION, "experiments", id="validate-experiment", operations=["CREATE", "UPDATE"]
-)
+@kopf.on.validate(*EXPERIMENTS.selector, id="validate-experiment", operations=["CREATE", "UPDATE"])
 def validate_experiment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     admission.validate_experiment(memo.config, dict(body))
 
 
-@kopf.on.validate(GROUP, VERSION, "models", id="validate-model", operations=["CREATE", "UPDATE"])
+@kopf.on.validate(*MODELS.selector, id="validate-model", operations=["CREATE", "UPDATE"])
 async def validate_model(
     body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], memo: kopf.Memo, **_: Any
 ) -> None:
@@ -178,7 +170,7 @@ async def validate_model(
 
 
 @kopf.on.validate(
-    GROUP, VERSION, "models", id="validate-model-status", subresource="status",
+    *MODELS.selector, id="validate-model-status", subresource="status",
     operations=["UPDATE"],
 )  # fmt: skip
 def validate_model_status(
@@ -187,9 +179,7 @@ def validate_model_status(
     admission.validate_model_status(memo.config, dict(body), _raw(old), admission.user_of(userinfo))
 
 
-@kopf.on.validate(
-    GROUP, VERSION, "deployments", id="validate-deployment", operations=["CREATE", "UPDATE"]
-)
+@kopf.on.validate(*DEPLOYMENTS.selector, id="validate-deployment", operations=["CREATE", "UPDATE"])
 async def validate_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await admission.validate_deployment(memo.kube, memo.config, dict(body))
 

@@ -1,24 +1,36 @@
-"""A small async Kubernetes API client for the operator's own reads and writes.
+"""The operator's own reads and writes on the Kubernetes API, through kubernetes_asyncio.
 
 kopf talks to the API for watching and for its own bookkeeping; the handlers need plain CRUD
-on other objects (Workflows, Models, SeldonDeployments...). This client shares kopf's
-connection settings and aiohttp, so the operator image needs no kubernetes client library.
+on other objects (Workflows, Models, SeldonDeployments...). `Kube` is that CRUD over the
+maintained client (kubernetes_asyncio, on the aiohttp that kopf brings too), with typed errors
+(NotFound, AlreadyExists, Conflict) and writes conditional on what was read. It connects where
+kopf does: $AIML024_KUBE_URL, else the pod's service account, else kopf's kubeconfig login.
+bench/README.md records what it costs against the hand-written aiohttp client it replaced.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
-import ssl
+import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import kopf
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..api.common import GROUP, VERSION
 
 Obj = dict[str, Any]
+Objs = list[Obj]  # spelled apart: inside Kube, `list` is its method
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# A write that met a newer version is decided again from a fresh read, this many times.
+CONFLICT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -35,26 +47,20 @@ class Res:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def url(
-        self, namespace: str | None = None, name: str | None = None, sub: str | None = None
-    ) -> str:
-        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            root += f"/namespaces/{namespace}"
-        return root + f"/{self.plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+    @property
+    def selector(self) -> tuple[str, str, str]:
+        """The resource as kopf's handler decorators name it: group, version, plural."""
+        return self.group, self.version, self.plural
 
 
-EXPERIMENTS = Res("aiml024.io", "v1alpha1", "experiments", "Experiment")
-MODELS = Res("aiml024.io", "v1alpha1", "models", "Model")
-DEPLOYMENTS = Res("aiml024.io", "v1alpha1", "deployments", "Deployment")
+EXPERIMENTS = Res(GROUP, VERSION, "experiments", "Experiment")
+MODELS = Res(GROUP, VERSION, "models", "Model")
+DEPLOYMENTS = Res(GROUP, VERSION, "deployments", "Deployment")
 WORKFLOWS = Res("argoproj.io", "v1alpha1", "workflows", "Workflow")
 SELDON = Res("machinelearning.seldon.io", "v1", "seldondeployments", "SeldonDeployment")
 SERVICE_MONITORS = Res("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 PROMETHEUS_RULES = Res("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule")
 NAMESPACES = Res("", "v1", "namespaces", "Namespace", namespaced=False)
-ACCESS_REVIEWS = Res(
-    "authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", namespaced=False
-)
 BY_KIND = {
     r.kind: r
     for r in (
@@ -87,6 +93,35 @@ class Conflict(ApiError):
     """A stale resourceVersion: read again and decide again."""
 
 
+def _error(error: ApiException) -> ApiError:
+    """The typed error for what the API server answered (its Status body, when it sent one)."""
+    status: Obj = {}
+    try:
+        body = error.body.decode() if isinstance(error.body, bytes) else error.body
+        status = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if not isinstance(status, dict):
+        status = {}
+    code = int(error.status or 0)
+    reason = str(status.get("reason") or error.reason or "")
+    message = str(status.get("message") or "")
+    kinds = {404: NotFound, 409: AlreadyExists if reason == "AlreadyExists" else Conflict}
+    return kinds.get(code, ApiError)(code, reason, message)
+
+
+async def settle(what: str, once: Callable[[], Awaitable[None]]) -> None:
+    """Run `once` (read, decide, write) until its writes meet no newer version; after
+    CONFLICT_ATTEMPTS, kopf retries the handler a moment later."""
+    for _attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            await once()
+            return
+        except Conflict:
+            continue  # someone wrote in between: read again, decide again
+    raise kopf.TemporaryError(f"{what} kept changing while reconciling", delay=1)
+
+
 @dataclass
 class Connection:
     """Where the API server is and how to authenticate; the token file is re-read as it rotates."""
@@ -95,9 +130,11 @@ class Connection:
     token: str | None = None
     token_path: Path | None = None
     ca_path: str | None = None
-    ca_data: str | None = None
+    ca_data: str | None = None  # PEM, or base64 of PEM as kubeconfig has it
     cert_path: str | None = None
+    cert_data: str | None = None
     key_path: str | None = None
+    key_data: str | None = None
     insecure: bool = False
     default_namespace: str | None = None
     _token_read_at: float = field(default=0.0, repr=False)
@@ -131,14 +168,15 @@ class Connection:
 
     @classmethod
     def from_kopf(cls, info: kopf.ConnectionInfo) -> Connection:
-        ca_data = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
         return cls(
             server=info.server,
             token=info.token,
             ca_path=_str(info.ca_path),
-            ca_data=ca_data,
+            ca_data=_text(info.ca_data),
             cert_path=_str(info.certificate_path),
+            cert_data=_text(info.certificate_data),
             key_path=_str(info.private_key_path),
+            key_data=_text(info.private_key_data),
             insecure=bool(info.insecure),
             default_namespace=info.default_namespace,
         )
@@ -150,7 +188,9 @@ class Connection:
             ca_path=self.ca_path,
             ca_data=self.ca_data,
             certificate_path=self.cert_path,
+            certificate_data=self.cert_data,
             private_key_path=self.key_path,
+            private_key_data=self.key_data,
             insecure=self.insecure or None,
             default_namespace=self.default_namespace,
         )
@@ -161,68 +201,129 @@ class Connection:
             self._token_read_at = time.monotonic()
         return self.token
 
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        if not self.server.startswith("https"):
-            return False
-        if self.insecure:
-            return False
-        context = ssl.create_default_context(cafile=self.ca_path, cadata=self.ca_data)
-        if self.cert_path and self.key_path:
-            context.load_cert_chain(self.cert_path, self.key_path)
-        return context
+    def configuration(self, pool: int = 64) -> k8s.Configuration:
+        """The kubernetes_asyncio configuration: server, bearer token (re-read before each
+        request when it is a rotating file), CA and client certificate."""
+        config = k8s.Configuration(host=self.server.rstrip("/"))
+        config.connection_pool_maxsize = pool
+        config.verify_ssl = not self.insecure
+        config.ssl_ca_cert = self.ca_path or _pem_file(self.ca_data)
+        config.cert_file = self.cert_path or _pem_file(self.cert_data)
+        config.key_file = self.key_path or _pem_file(self.key_data)
+        config.api_key_prefix = {"BearerToken": "Bearer"}
+
+        def refresh(config: k8s.Configuration) -> None:
+            token = self.bearer()
+            config.api_key = {"BearerToken": token} if token else {}
+
+        refresh(config)
+        config.refresh_api_key_hook = refresh
+        return config
 
 
 def _str(value: Any) -> str | None:
     return os.fsdecode(value) if value is not None else None
 
 
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pem_file(data: str | None) -> str | None:
+    """A private file holding `data` as PEM (the ssl module loads certificates from files)."""
+    if not data:
+        return None
+    pem = data if data.lstrip().startswith("-----BEGIN ") else base64.b64decode(data).decode()
+    handle, path = tempfile.mkstemp(prefix="aiml024-kube-", suffix=".pem")
+    with os.fdopen(handle, "w") as out:
+        out.write(pem)
+    return path
+
+
 class Kube:
-    """CRUD over the API with typed errors; one aiohttp session per operator run."""
+    """CRUD over the API with typed errors; one kubernetes_asyncio ApiClient per operator run."""
 
     def __init__(self, connection: Connection, timeout: float = 30):
         self.connection = connection
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.timeout = timeout
+        self._client: k8s.ApiClient | None = None
+        self._custom_api: k8s.CustomObjectsApi | None = None
+
+    def _api(self) -> k8s.ApiClient:
+        # Made on first use, inside the event loop its aiohttp session belongs to.
+        if self._client is None:
+            self._client = k8s.ApiClient(self.connection.configuration())
+            self._custom_api = k8s.CustomObjectsApi(self._client)
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = self._custom_api = None
 
-    async def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> Obj:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        token = self.connection.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        async with self._session.request(
-            method, self.connection.server + path, json=body, headers=headers
-        ) as rsp:
-            payload = await rsp.json(content_type=None) if rsp.content_length != 0 else {}
-            if rsp.status < 400:
-                return payload or {}
-            reason = (payload or {}).get("reason", rsp.reason or "")
-            message = (payload or {}).get("message", "")
-            error = {404: NotFound, 409: AlreadyExists if reason == "AlreadyExists" else Conflict}
-            raise error.get(rsp.status, ApiError)(rsp.status, reason, message)
+    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as error:
+            raise _error(error) from None
+
+    def _custom(self) -> k8s.CustomObjectsApi:
+        self._api()
+        assert self._custom_api is not None
+        return self._custom_api
+
+    @staticmethod
+    def _scoped(res: Res, namespace: str | None) -> bool:
+        """Whether a call names the namespace (a namespaced type with one given)."""
+        if not res.group:
+            raise ValueError(f"{res.kind}: the operator reads core objects only through get()")
+        return res.namespaced and bool(namespace)
 
     async def get(self, res: Res, namespace: str | None, name: str) -> Obj | None:
         try:
-            return await self.request("GET", res.url(namespace, name))
+            if res is NAMESPACES:
+                api = self._api()
+                found = await self._call(k8s.CoreV1Api(api).read_namespace, name)
+                namespace_obj: Obj = api.sanitize_for_serialization(found)
+                return namespace_obj
+            custom = self._custom()
+            if self._scoped(res, namespace):
+                return await self._call(  # type: ignore[no-any-return]
+                    custom.get_namespaced_custom_object,
+                    res.group, res.version, namespace, res.plural, name,
+                )  # fmt: skip
+            return await self._call(  # type: ignore[no-any-return]
+                custom.get_cluster_custom_object, res.group, res.version, res.plural, name
+            )
         except NotFound:
             return None
 
-    async def list(self, res: Res, namespace: str | None = None, selector: str = "") -> list[Obj]:
-        path = res.url(namespace) + (f"?labelSelector={selector}" if selector else "")
-        items: list[Obj] = (await self.request("GET", path)).get("items", [])
+    async def list(self, res: Res, namespace: str | None = None, selector: str = "") -> Objs:
+        custom = self._custom()
+        options = {"label_selector": selector} if selector else {}
+        if self._scoped(res, namespace):
+            answer = await self._call(
+                custom.list_namespaced_custom_object,
+                res.group, res.version, namespace, res.plural, **options,
+            )  # fmt: skip
+        else:
+            answer = await self._call(
+                custom.list_cluster_custom_object, res.group, res.version, res.plural, **options
+            )
+        items: Objs = answer.get("items") or []
         return items
 
     async def create(self, res: Res, manifest: Obj) -> Obj:
-        return await self.request("POST", res.url(manifest["metadata"].get("namespace")), manifest)
+        custom = self._custom()
+        namespace = manifest["metadata"].get("namespace")
+        if self._scoped(res, namespace):
+            return await self._call(  # type: ignore[no-any-return]
+                custom.create_namespaced_custom_object,
+                res.group, res.version, namespace, res.plural, manifest,
+            )  # fmt: skip
+        return await self._call(  # type: ignore[no-any-return]
+            custom.create_cluster_custom_object, res.group, res.version, res.plural, manifest
+        )
 
     async def ensure(self, res: Res, manifest: Obj) -> tuple[Obj, bool]:
         """Create unless it exists (AlreadyExists is success): (the object, whether created)."""
@@ -236,38 +337,51 @@ class Kube:
             return existing, False
 
     async def allowed(
-        self, user: str, groups: list[str], verb: str, res: Res, namespace: str, name: str
+        self, user: str, groups: Sequence[str], verb: str, res: Res, namespace: str, name: str
     ) -> bool:
         """Whether the API server's authorizer lets `user` do `verb` (a SubjectAccessReview)."""
-        review = {
-            "apiVersion": ACCESS_REVIEWS.api_version,
-            "kind": ACCESS_REVIEWS.kind,
-            "metadata": {},
-            "spec": {
-                "user": user,
-                "groups": groups,
-                "resourceAttributes": {
-                    "group": res.group, "resource": res.plural, "verb": verb,
-                    "namespace": namespace, "name": name,
-                },
-            },
-        }  # fmt: skip
-        answer = await self.create(ACCESS_REVIEWS, review)
-        return bool((answer.get("status") or {}).get("allowed"))
+        review = k8s.V1SubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SubjectAccessReview",
+            spec=k8s.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=[str(group) for group in groups],
+                resource_attributes=k8s.V1ResourceAttributes(
+                    group=res.group, resource=res.plural, verb=verb,
+                    namespace=namespace, name=name,
+                ),
+            ),
+        )  # fmt: skip
+        api = k8s.AuthorizationV1Api(self._api())
+        answer = await self._call(api.create_subject_access_review, review)
+        return bool(answer.status is not None and answer.status.allowed)
+
+    async def _patch(
+        self, res: Res, namespace: str | None, name: str, body: Any, content_type: str, sub: str
+    ) -> Obj:
+        custom = self._custom()
+        suffix = f"_{sub}" if sub else ""
+        if self._scoped(res, namespace):
+            method = getattr(custom, f"patch_namespaced_custom_object{suffix}")
+            args: tuple[Any, ...] = (res.group, res.version, namespace, res.plural, name, body)
+        else:
+            method = getattr(custom, f"patch_cluster_custom_object{suffix}")
+            args = (res.group, res.version, res.plural, name, body)
+        return await self._call(method, *args, _content_type=content_type)  # type: ignore[no-any-return]
 
     async def merge_patch(
         self, res: Res, namespace: str | None, name: str, patch: Obj, sub: str | None = None
     ) -> Obj:
-        return await self.request(
-            "PATCH", res.url(namespace, name, sub), patch, "application/merge-patch+json"
+        if sub not in (None, "status"):
+            raise ValueError(f"no merge patch for the {sub} subresource")
+        return await self._patch(
+            res, namespace, name, patch, "application/merge-patch+json", sub or ""
         )
 
-    async def json_patch(self, res: Res, namespace: str | None, name: str, ops: list[Obj]) -> Obj:
+    async def json_patch(self, res: Res, namespace: str | None, name: str, ops: Objs) -> Obj:
         """A failed `test` op (the API answers 422) is a Conflict: read again, decide again."""
         try:
-            return await self.request(
-                "PATCH", res.url(namespace, name), ops, "application/json-patch+json"
-            )
+            return await self._patch(res, namespace, name, ops, "application/json-patch+json", "")
         except ApiError as error:
             if error.code == 422 and any(op.get("op") == "test" for op in ops):
                 raise Conflict(409, "Conflict", error.message) from None
@@ -287,8 +401,17 @@ class Kube:
         return await self.merge_patch(res, meta.get("namespace"), meta["name"], patch, "status")
 
     async def delete(self, res: Res, namespace: str | None, name: str) -> None:
+        custom = self._custom()
         try:
-            await self.request("DELETE", res.url(namespace, name))
+            if self._scoped(res, namespace):
+                await self._call(
+                    custom.delete_namespaced_custom_object,
+                    res.group, res.version, namespace, res.plural, name,
+                )  # fmt: skip
+            else:
+                await self._call(
+                    custom.delete_cluster_custom_object, res.group, res.version, res.plural, name
+                )
         except NotFound:
             pass
 

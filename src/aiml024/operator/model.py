@@ -7,7 +7,6 @@ rules and the policy bundle digest are recorded (aiml024.reconcile.model.status_
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 import kopf
 from pydantic import ValidationError
@@ -15,16 +14,13 @@ from pydantic import ValidationError
 from ..api import Model, ModelStatus
 from ..reconcile import approvals as approval_rules
 from ..reconcile import model as model_rules
+from ..reconcile.clock import now as _now
 from ..signing import ApproverRegistry, SigningError, default_registry_path, load_registry
 from . import policy
 from .config import OperatorConfig
-from .kube import MODELS, Conflict, Kube
+from .kube import MODELS, Kube, settle
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def approvers(config: OperatorConfig) -> ApproverRegistry | None:
@@ -39,30 +35,27 @@ def approvers(config: OperatorConfig) -> ApproverRegistry | None:
 
 
 async def reconcile(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
-    for _attempt in range(5):
-        body = await kube.get(MODELS, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            model = model_rules.with_source_artifact(Model.model_validate(body))
-        except ValidationError as error:
-            kopf.warn(body, reason="InvalidSpec", message=str(error))
-            return
-        status = model.status or ModelStatus()
-        if model.spec.source.experiment and not status.sha256:
-            return  # registering: the Experiment writes the evidence, then gates
-        approvals, ignored = approval_rules.model_approvals(model, approvers(config), _now())
-        model.status = status.model_copy(update={"approvals": approvals})
-        gate = await policy.gate(config, model, model.spec.stage, approvals)
-        decided = model_rules.status_after_gate(model, gate, _now())
-        try:
-            written = await kube.replace_status(MODELS, body, decided.wire())
-        except Conflict:
-            continue
-        if written is not None:
-            _report(body, status, decided, ignored)
+    await settle(f"model {name}", lambda: _gate_once(kube, config, namespace, name))
+
+
+async def _gate_once(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
+    body = await kube.get(MODELS, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
         return
-    raise kopf.TemporaryError(f"model {name} kept changing while gating", delay=1)
+    try:
+        model = model_rules.with_source_artifact(Model.model_validate(body))
+    except ValidationError as error:
+        kopf.warn(body, reason="InvalidSpec", message=str(error))
+        return
+    status = model.status or ModelStatus()
+    if model.spec.source.experiment and not status.sha256:
+        return  # registering: the Experiment writes the evidence, then gates
+    approvals, ignored = approval_rules.model_approvals(model, approvers(config), _now())
+    model.status = status.model_copy(update={"approvals": approvals})
+    gate = await policy.gate(config, model, model.spec.stage, approvals)
+    decided = model_rules.status_after_gate(model, gate, _now())
+    if await kube.replace_status(MODELS, body, decided.wire()) is not None:
+        _report(body, status, decided, ignored)
 
 
 def _report(body: dict, before: ModelStatus, after: ModelStatus, ignored: list[str]) -> None:

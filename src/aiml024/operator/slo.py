@@ -1,7 +1,9 @@
-"""SLO decisions during a canary: is the canary breaching, and what a rollback changes.
+"""SLO decisions during a canary: is the canary breaching, and what a rollback records.
 
 Pure: observations in, decisions out. Reading the numbers (Prometheus' HTTP API, or each
 predictor's own /prometheus endpoint) happens in deployment.py; parsing them happens here.
+What a rolled-back split is, is the predictor plan's rule (aiml024.api.plan.weight_of): the
+operator plans with `rolled_back(dep)` as an input, and moves live traffic to that split.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from ..api import Deployment, DeploymentStatus, set_condition
 from ..api.deployment import Rollback, Slo
+from ..api.plan import traffic as planned_traffic
 from ..compiler.monitoring import SERVER_METRIC, WINDOW
 
 Obj = dict[str, Any]
@@ -72,19 +75,9 @@ def rolled_back(dep: Deployment) -> bool:
     )
 
 
-def with_rollback(seldon: Obj) -> Obj:
-    """The SeldonDeployment with all live traffic on stable (the canary keeps running at 0%)."""
-    out = {**seldon, "spec": {**seldon["spec"], "predictors": []}}
-    for predictor in seldon["spec"]["predictors"]:
-        predictor = dict(predictor)
-        if not predictor.get("shadow"):
-            predictor["traffic"] = 100 if predictor["name"] == "stable" else 0
-        out["spec"]["predictors"].append(predictor)
-    return out
-
-
-def rollback_patch(seldon: Obj) -> list[Obj]:
-    """JSON patch moving the live SeldonDeployment to 100/0, only if unchanged since read."""
+def traffic_patch(seldon: Obj, split: dict[str, int]) -> list[Obj]:
+    """JSON patch moving the live SeldonDeployment's predictors to `split` (predictor ->
+    percent of live traffic, e.g. a rolled-back plan's), only if it is unchanged since read."""
     ops: list[Obj] = [
         {
             "op": "test",
@@ -94,12 +87,11 @@ def rollback_patch(seldon: Obj) -> list[Obj]:
     ]
     for i, predictor in enumerate(seldon["spec"]["predictors"]):
         if not predictor.get("shadow"):
-            weight = 100 if predictor["name"] == "stable" else 0
             ops.append(
                 {
                     "op": "replace" if "traffic" in predictor else "add",
                     "path": f"/spec/predictors/{i}/traffic",
-                    "value": weight,
+                    "value": split.get(predictor["name"], 0),
                 }
             )
     return ops
@@ -112,13 +104,14 @@ def status_after_slo(
     observed: dict[str, Observation],
     now: datetime,
 ) -> DeploymentStatus:
-    """Record the SLO state; on a breach, the rollback (traffic 100/0, condition, when, why)."""
+    """Record the SLO state; on a breach, the rollback (the rolled-back plan's traffic, the
+    condition that makes this generation's plan rolled back, when, why)."""
     status = status.model_copy(deep=True)
     generation = dep.metadata.generation or 1
     if breach is not None:
         status.slo_state = "Breached"
         status.last_rollback = Rollback(at=now, reason=breach.reason)
-        status.traffic = {role: (100 if role == "stable" else 0) for role in status.traffic}
+        status.traffic = planned_traffic(dep, rolled_back=True)
         status.conditions = set_condition(
             status.conditions,
             ROLLED_BACK,

@@ -1,27 +1,21 @@
-"""Decisions for a Deployment, shared by the embedded control plane and the kopf operator."""
+"""Decisions for a Deployment, shared by the embedded control plane and the kopf operator:
+which Model versions may serve and how traffic splits (the predictor plan, made here once for
+both), what its status says, and what Seldon reports back in a cluster."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ..api import Deployment, DeploymentStatus, Model, set_condition
+from ..api.plan import PredictorPlan, ServedModel, plan_deployment
 from .model import stage_reaches
+
+Obj = dict[str, Any]
 
 
 class NotServable(Exception):
     """The Deployment cannot serve yet; the message says what it waits for."""
-
-
-@dataclass(frozen=True)
-class PlannedPredictor:
-    role: str  # stable, canary or shadow
-    model: str
-    artifact_uri: str
-    sha256: str
-    task: str
-    weight: int
-    shadow: bool = False
 
 
 def servable_problem(model: Model, required: str) -> str | None:
@@ -68,29 +62,25 @@ def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
     return model
 
 
-def plan_predictors(dep: Deployment, models: dict[str, Model]) -> list[PlannedPredictor]:
-    """Which model versions serve and with what share of traffic (weights sum to 100)."""
-    plan = []
-    for role, name, weight in dep.spec.routes():
-        model = _servable(dep, name, models)
+def plan_predictors(
+    dep: Deployment, models: dict[str, Model], rolled_back: bool = False
+) -> PredictorPlan:
+    """The predictor plan: which registered Model versions serve, in which role, with what
+    share of traffic (live weights sum to 100; `rolled_back`: all of it on stable). NotServable
+    while a Model the spec names may not serve."""
+    served = {}
+    for route in dep.spec.routes():
+        model = _servable(dep, route.model, models)
         assert model.status is not None and model.status.artifact_uri and model.status.sha256
-        plan.append(
-            PlannedPredictor(
-                role=role,
-                model=name,
-                artifact_uri=model.status.artifact_uri,
-                sha256=model.status.sha256,
-                task=model.spec.task,
-                weight=weight or 0,
-                shadow=weight is None,
-            )  # fmt: skip
+        served[route.model] = ServedModel(
+            route.model, model.status.artifact_uri, model.status.sha256, model.spec.task
         )
-    return plan
+    return plan_deployment(dep, served, rolled_back)
 
 
 def deployment_status(
     dep: Deployment,
-    plan: list[PlannedPredictor] | None,
+    plan: PredictorPlan | None,
     endpoint: str | None,
     now: datetime,
     waiting: str | None = None,
@@ -114,11 +104,34 @@ def deployment_status(
         return status
     status.phase = "Serving"
     status.endpoint = endpoint
-    status.traffic = {p.role: p.weight for p in plan}
-    status.models = {p.role: p.sha256 for p in plan}
-    served = ", ".join(f"{p.model} ({p.role}, {p.weight}%)" for p in plan)
+    status.traffic = plan.traffic()
+    status.models = plan.digests()
     status.conditions = set_condition(
-        status.conditions, "Ready", "True", "Serving", f"serving {served} at {endpoint}", now,
-        generation,
+        status.conditions, "Ready", "True", "Serving",
+        f"serving {plan.describe()} at {endpoint}", now, generation,
     )  # fmt: skip
     return status
+
+
+# --- what Seldon reports (a cluster only) -----------------------------------------------------
+
+
+def seldon_ready(seldon: Obj | None) -> tuple[bool, str | None, str]:
+    """(available, endpoint, why not) from a SeldonDeployment's status."""
+    if seldon is None:
+        return False, None, "the SeldonDeployment does not exist yet"
+    status = seldon.get("status") or {}
+    state = status.get("state") or "Creating"
+    if state != "Available":
+        reason = status.get("description") or f"SeldonDeployment is {state}"
+        return False, None, reason
+    address = (status.get("address") or {}).get("url")
+    meta = seldon["metadata"]
+    endpoint = address or f"http://{meta['name']}.{meta.get('namespace', 'default')}.svc:8000"
+    return True, endpoint, ""
+
+
+def live_split(seldon: Obj | None) -> dict[str, int]:
+    """predictor -> percent of live traffic, as the SeldonDeployment routes it now."""
+    predictors = ((seldon or {}).get("spec") or {}).get("predictors") or []
+    return {p["name"]: int(p.get("traffic", 0)) for p in predictors if not p.get("shadow")}

@@ -1,16 +1,17 @@
 """The project's MLServer runtime: serves one model bundle over V2 and the product's REST format.
 
 Model settings (model-settings.json, or MLSERVER_MODEL_* in a Seldon predictor's container):
-    implementation      aiml024.runtime.serving.Aiml024Runtime
+    implementation      aiml024.runtime.serving.Aiml024Runtime (aiml024.api.plan.RUNTIME_CLASS)
     parameters.uri      bundle directory: a local path, file://, or any fsspec URL (s3://, gs://)
     parameters.version  the V2 model version
-    parameters.extra    sha256      expected bundle digest; refuses to load on a mismatch
+    parameters.extra    aiml024.api.plan.RuntimeSettings, typed and checked on load:
+                        sha256      expected bundle digest; refuses to load on a mismatch
                                     (env AIML024_MODEL_SHA256 when unset: one model per pod)
                         deployment  when set, this model owns the product route below
                                     (env AIML024_DEPLOYMENT when unset)
-                        routes      [{"model": name, "weight": w}, ...]: weighted split of that
-                                    route over models of the same MLServer (this one included)
-                        shadows     [name, ...]: models that get a copy of each request
+                        plan        the Deployment's predictor plan, on the route owner when its
+                                    predictors share this MLServer: the route is split over the
+                                    plan's live predictors by weight and copied to its shadows
 
 Endpoints:
     POST /v2/models/<model>/infer           V2 protocol; one input tensor per column
@@ -18,11 +19,11 @@ Endpoints:
         {"predictions": [...], "latency_ms": ..., "model": ..., "version": <sha256[:12]>}
 
 Traffic split: the route owner picks a model per request by smooth weighted round-robin (the
-nginx algorithm), so a 90/10 split sends exactly 10 of every 100 requests to the canary,
+nginx algorithm) over the plan's live predictors, so a 90/10 split sends exactly 10 of every 100 requests to the canary,
 interleaved and reproducible. The chosen peer is called in-process: MLServer loads every model of
 a repository into every worker process, and each loaded runtime registers itself in `_LOADED`.
 Shadows predict after the answer is computed; their results only reach the metrics. In a
-cluster each Seldon predictor serves one model and Seldon splits traffic, so `routes` is unset
+cluster each Seldon predictor serves one model and Seldon splits traffic, so there is no plan
 there and the route serves its own model.
 """
 
@@ -47,6 +48,9 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, 
 from mlserver.utils import get_model_uri
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
+
+from aiml024.api.labels import short_digest
+from aiml024.api.plan import RuntimeSettings
 
 from .bundle import META_FILE, Bundle, bundle_digest, load_bundle
 
@@ -81,15 +85,16 @@ class Aiml024Runtime(MLModel):
 
     def __init__(self, settings: Any):
         super().__init__(settings)
-        extra = dict((settings.parameters.extra if settings.parameters else None) or {})
-        extra.setdefault("sha256", os.environ.get("AIML024_MODEL_SHA256"))
-        extra.setdefault("deployment", os.environ.get("AIML024_DEPLOYMENT"))
-        self._extra: dict[str, Any] = extra
+        extra = settings.parameters.extra if settings.parameters else None
+        try:
+            self.runtime = RuntimeSettings.read(extra, os.environ)
+        except ValueError as error:  # pydantic's ValidationError is one
+            raise MLServerError(f"model {self.name}: invalid parameters.extra: {error}") from None
         self.digest = ""  # the loaded bundle's sha256
         self._bundle: Bundle | None = None
         self._tmp: Path | None = None  # download dir of a remote bundle
         self._turns: dict[str, float] = {}
-        deployment = extra.get("deployment")
+        deployment = self.runtime.deployment
         if deployment:
             # get_custom_handlers() inspects the instance right after __init__ (before load in
             # parallel mode), and a path per deployment needs a per-instance function.
@@ -110,7 +115,7 @@ class Aiml024Runtime(MLModel):
         if not (directory / META_FILE).is_file():
             raise MLServerError(f"model {self.name}: no model bundle at {uri}")
         self.digest = bundle_digest(directory)
-        expected = self._extra.get("sha256")
+        expected = self.runtime.sha256
         if expected and self.digest != expected:
             raise MLServerError(
                 f"model {self.name}: bundle digest mismatch at {uri}: "
@@ -169,25 +174,28 @@ class Aiml024Runtime(MLModel):
     async def _route(self, body: PredictRequest) -> dict[str, Any]:
         start = time.perf_counter()
         target = self
-        if self._extra.get("routes"):
+        plan = self.runtime.plan
+        if plan is not None:
             chosen = self._choose()
             target = _LOADED.get(chosen, self)
             if target is self and chosen != self.name:
                 log.warning("model %s is not loaded here; %s serves instead", chosen, self.name)
         predictions = target.predict_records(body.instances)
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
-        if self._extra.get("shadows"):
+        if plan is not None and plan.shadows:
             # After this handler returns: the caller's answer does not wait for the shadows.
             asyncio.get_running_loop().call_soon(self._shadow, body.instances)
         return {
             "predictions": predictions,
             "latency_ms": latency_ms,
             "model": target.name,
-            "version": target.digest[:12],
+            "version": short_digest(target.digest),
         }
 
     def _shadow(self, instances: list[dict[str, Any]]) -> None:
-        for name in self._extra["shadows"]:
+        assert self.runtime.plan is not None
+        for predictor in self.runtime.plan.shadows:
+            name = predictor.model.name
             shadow = _LOADED.get(name)
             try:
                 if shadow is not None:
@@ -196,8 +204,10 @@ class Aiml024Runtime(MLModel):
                 log.exception("shadow model %s failed", name)
 
     def _choose(self) -> str:
-        """Smooth weighted round-robin over `routes`: exact shares, interleaved, no randomness."""
-        routes = {r["model"]: float(r["weight"]) for r in self._extra["routes"]}
+        """Smooth weighted round-robin over the plan's live predictors: exact shares,
+        interleaved, no randomness."""
+        assert self.runtime.plan is not None
+        routes = {p.model.name: float(p.weight) for p in self.runtime.plan.live}
         total = sum(routes.values())
         if total <= 0:
             return self.name
