@@ -31,9 +31,10 @@ def _deployment(spec: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+# GPU nodes by selector and tolerations (spec.resources.gpu itself is refused until the
+# runtime computes on a GPU).
 GPU = {
     "resources": {
-        "gpu": 1,
         "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
         "tolerations": [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
@@ -56,7 +57,6 @@ VARIANTS = {
             "strategy": {"type": "shadow", "shadow": {"model": "churn-model-2"}},
             "autoscaling": None,
             "replicas": 2,
-            "monitors": [{"type": "drift", "method": "psi", "threshold": 0.25}],
         }
     ),
 }

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from aiml024 import signing
-from aiml024.api import parse_object
+from aiml024.api import Experiment, parse_object
 from aiml024.local.controlplane import ApplyError, LocalControlPlane, Progress
 
 
 def forecasting(claimed_author: str):
-    # An unsupported task stops at compile time, after the object is stored: no training needed.
-    return parse_object({
+    # An unsupported task stops at compile time, after the object is stored: no training needed
+    # (built directly: parse_object, like `aiml024 apply`, refuses the task up front).
+    return Experiment.model_validate({
         "apiVersion": "aiml024.io/v1alpha1", "kind": "Experiment",
         "metadata": {"name": "sales", "annotations": {"aiml024.io/applied-by": claimed_author}},
         "spec": {"task": "forecasting", "data": {"uri": "file:///x.csv"}, "target": "y"},
