@@ -37,6 +37,8 @@ from tests.integration.emulator.harness import (  # noqa: E402
     wire_webhooks,
 )
 
+from aiml024.api.common import EXPERIMENT_LABEL  # noqa: E402
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -85,7 +87,7 @@ def main() -> None:
                 for line in stream.iter_lines():
                     event = json.loads(line)
                     if event["type"] == "ADDED":
-                        seen[event["object"]["metadata"]["labels"]["aiml024.io/experiment"]] = (
+                        seen[event["object"]["metadata"]["labels"][EXPERIMENT_LABEL]] = (
                             time.perf_counter()
                         )
 
