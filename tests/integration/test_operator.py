@@ -260,6 +260,20 @@ def test_invalid_experiment_is_refused_by_admission(
     assert alice.find("Experiment", "churn") is None
 
 
+def test_a_field_the_platform_does_not_do_yet_is_refused_by_admission(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """The CRD keeps the field (the schema can grow); the webhook refuses setting it."""
+    alice = as_user(api, "alice", ns)
+    doc = experiment_manifest()
+    doc["spec"]["constraints"] = {"maxCostPerHour": 3.5}
+    with pytest.raises(ApiError) as refused:
+        alice.create(doc)
+    assert refused.value.code == 422
+    assert "not supported yet: spec.constraints.maxCostPerHour" in refused.value.message
+    assert alice.find("Experiment", "churn") is None
+
+
 def test_author_annotation_cannot_be_forged(
     api: Emulator, operator: OperatorThread, ns: str
 ) -> None:

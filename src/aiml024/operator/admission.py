@@ -23,7 +23,14 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from ..api import Deployment, Experiment, Model, ModelStatus, describe_validation_error
+from ..api import (
+    Deployment,
+    Experiment,
+    Model,
+    ModelStatus,
+    describe_validation_error,
+    unsupported,
+)
 from ..api.common import APPLIED_BY, APPROVALS, APPROVE, DEFAULT_NAMESPACE
 from ..compiler import CompileError, compile_experiment
 from ..policy import promotion_decision
@@ -62,18 +69,38 @@ def _annotations(body: Obj | None) -> dict[str, str]:
 # --- validation ------------------------------------------------------------------------------
 
 
-def validate_experiment(config: OperatorConfig, body: Obj) -> None:
+def _refuse_unsupported(obj: Experiment | Model | Deployment, old: Obj | None) -> None:
+    """Refuse a field the platform does not do yet (api.unsupported); on an update only what
+    the update adds, so objects stored before a field was refused can still be changed."""
+    before = None
+    if old is not None:
+        try:
+            before = type(obj).model_validate(dict(old))
+        except ValidationError:
+            pass
+    problems = unsupported(obj, before)
+    if problems:
+        raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+def validate_experiment(config: OperatorConfig, body: Obj, old: Obj | None) -> None:
     exp = _parse(Experiment, body)
+    _refuse_unsupported(exp, old)
+    if unsupported(exp):
+        return  # stored before the field was refused; the operator reports it as InvalidSpec
     try:
         compile_experiment(exp, config.compile)
     except CompileError as error:
         raise kopf.AdmissionError(str(error), code=422) from None
 
 
-async def validate_deployment(kube: Kube, config: OperatorConfig, body: Obj) -> None:
+async def validate_deployment(
+    kube: Kube, config: OperatorConfig, body: Obj, old: Obj | None
+) -> None:
     """The spec's own rules, then the deployment policy over the Models it names as they are
     recorded now (the operator asks again before every change it makes to what serves)."""
     dep = _parse(Deployment, body)
+    _refuse_unsupported(dep, old)
     strategy = dep.spec.strategy
     for other in (strategy.canary, strategy.shadow):
         if other is not None and other.model == dep.spec.model:
@@ -94,6 +121,7 @@ async def validate_deployment(kube: Kube, config: OperatorConfig, body: Obj) -> 
 async def validate_model(config: OperatorConfig, body: Obj, old: Obj | None, user: str) -> None:
     """Immutable versions, and the policy gate when the desired stage changes."""
     model = _parse(Model, body)
+    _refuse_unsupported(model, old)
     if old is not None:
         before = _parse(Model, old)
         if user != config.operator_user and model.spec.source != before.spec.source:

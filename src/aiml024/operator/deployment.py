@@ -22,7 +22,7 @@ from ..api import Deployment, DeploymentStatus, Model
 from ..api.common import DEFAULT_NAMESPACE
 from ..api.labels import SPEC_HASH_ANNOTATION as SPEC_HASH
 from ..api.plan import traffic as planned_traffic
-from ..compiler import compile_deployment
+from ..compiler import CompileError, compile_deployment
 from ..policy import GateResult
 from ..reconcile import deployment as deployment_rules
 from ..reconcile.clock import now as _now
@@ -104,7 +104,14 @@ async def _reconcile_once(
             raise kopf.TemporaryError(str(waiting), delay=config.retry_delay) from None
         return
     if apply:
-        for child in compile_deployment(dep, plan, config.compile):
+        try:
+            children = compile_deployment(dep, plan, config.compile)
+        except CompileError as error:  # permanent until the spec changes (e.g. a refused field)
+            status = deployment_rules.deployment_status(dep, None, None, _now(), str(error))
+            if await kube.replace_status(DEPLOYMENTS, body, status.wire()) is not None:
+                kopf.warn(body, reason="InvalidSpec", message=str(error))
+            return
+        for child in children:
             await _apply(kube, body, child)
     seldon = await kube.get(SELDON, namespace, name)
     ready, endpoint, why = seldon_ready(seldon)

@@ -158,8 +158,8 @@ async def stamp_model(
 
 
 @kopf.on.validate(*EXPERIMENTS.selector, id="validate-experiment", operations=["CREATE", "UPDATE"])
-def validate_experiment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    admission.validate_experiment(memo.config, dict(body))
+def validate_experiment(body: kopf.Body, old: kopf.Body | None, memo: kopf.Memo, **_: Any) -> None:
+    admission.validate_experiment(memo.config, dict(body), _raw(old))
 
 
 @kopf.on.validate(*MODELS.selector, id="validate-model", operations=["CREATE", "UPDATE"])
@@ -180,8 +180,10 @@ def validate_model_status(
 
 
 @kopf.on.validate(*DEPLOYMENTS.selector, id="validate-deployment", operations=["CREATE", "UPDATE"])
-async def validate_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await admission.validate_deployment(memo.kube, memo.config, dict(body))
+async def validate_deployment(
+    body: kopf.Body, old: kopf.Body | None, memo: kopf.Memo, **_: Any
+) -> None:
+    await admission.validate_deployment(memo.kube, memo.config, dict(body), _raw(old))
 
 
 def _raw(body: kopf.Body | None) -> dict[str, Any] | None:
