@@ -82,7 +82,7 @@ def compile_objects(
         if isinstance(obj, Experiment):
             out.append(compile_experiment(obj, options))
         elif isinstance(obj, Deployment):
-            names = _served_names(obj)
+            names = [route.model for route in obj.spec.routes()]
             resolved = {
                 name: served.get(name) or placeholder_model(name, options, _task(known.get(name)))
                 for name in names
@@ -93,12 +93,6 @@ def compile_objects(
 
 def _task(model: Model | None) -> str | None:
     return model.spec.task if model is not None else None
-
-
-def _served_names(dep: Deployment) -> list[str]:
-    strategy = dep.spec.strategy
-    extra = [s.model for s in (strategy.canary, strategy.shadow) if s is not None]
-    return [dep.spec.model, *extra]
 
 
 __all__ = [
