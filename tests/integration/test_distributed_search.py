@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.test_search import TYPES, churn_like
+from tests.unit.test_search import churn_like, step_params
 from tests.unit.test_search import spec as search_spec
 
+from aiml024.api.step_params import SearchParams
+from aiml024.runtime.steps import parse_params
 from aiml024.runtime.steps import search as search_step
 
 TRIALS = 6
@@ -88,16 +90,8 @@ def spec(**search: Any) -> dict[str, Any]:
 
 
 def params(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "experiment": "churn",
-        "workflow": "churn-g1",
-        "namespace": "default",
-        "experimentUid": "uid-churn",
-        "spec": the_spec,
-        "artifactStore": (tmp / "store").as_uri(),
-        "validate": {"types": TYPES},
-        **extra,
-    }
+    store = (tmp / "store").as_uri()
+    return step_params(the_spec, rows=500, artifactStore=store, **extra)
 
 
 def run_workers(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
@@ -180,16 +174,9 @@ def test_two_workers_share_a_locked_journal_file_without_a_database(tmp_path: Pa
 def test_a_journal_on_object_storage_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     from aiml024.runtime.steps import StepError
 
+    document = step_params(spec(), artifactStore="memory://bucket", worker=0)
     with pytest.raises(StepError, match="needs a study-storage URL"):
-        search_step.shared_storage(
-            {
-                "artifactStore": "memory://bucket",
-                "experiment": "e",
-                "workflow": "e-g1",
-                "namespace": "default",
-                "experimentUid": "uid-e",
-            }
-        )
+        search_step.shared_storage(parse_params(SearchParams, document))
 
 
 def test_the_local_executor_runs_the_compiled_distributed_workflow(tmp_path: Path) -> None:

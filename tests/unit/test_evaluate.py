@@ -10,9 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from tests.unit.test_search import TYPES, churn_like, spec
+from tests.unit.test_search import TYPES, churn_like, spec, step_params, validate_result
 
+from aiml024.api.step_params import EvaluateParams
+from aiml024.api.steps import SearchResult
+from aiml024.runtime.budget import fit_budget
 from aiml024.runtime.bundle import bundle_digest, load_bundle
+from aiml024.runtime.steps import StepError, parse_params
 from aiml024.runtime.steps import evaluate as evaluate_step
 from aiml024.runtime.steps import search as search_step
 
@@ -32,24 +36,16 @@ def evaluated(
     clean = with_email(churn_like(1500, strength=2.5))
     (root / "in").mkdir()
     clean.to_parquet(root / "in" / "clean")
-    params: dict[str, Any] = {
-        "experiment": "churn",
-        "workflow": "churn-g1",
-        "namespace": "default",
-        "experimentUid": "uid-churn",
-        "codeVersion": "0.1.0",
-        "spec": {
-            **spec(trials=5),
-            "model": {"name": "churn-model", "labels": {"team": "retention"}},
-        },
-        "ingest": {"uri": "churn.csv", "rows": 1500, "fingerprint": "f" * 64},
-        "validate": {
-            "types": {**TYPES, "email": "categorical"},
-            "pii": PII,
-            "piiAction": "mask",
-            "targetClasses": [{"value": "no", "count": 1}, {"value": "yes", "count": 1}],
-        },
-    }
+    types = {**TYPES, "email": "categorical"}
+    the_spec = {**spec(trials=5), "model": {"name": "churn-model", "labels": {"team": "retention"}}}
+    params = step_params(the_spec, rows=1500, types=types)
+    params["validate"] = validate_result(
+        1500,
+        types,
+        pii=PII,
+        piiAction="mask",
+        targetClasses=[{"value": "no", "count": 1}, {"value": "yes", "count": 1}],
+    )
     params["search"] = search_step.run(params, root / "in", root / "in")
     result = evaluate_step.run(params, root / "in", root / "out")
     return root, result, clean
@@ -129,18 +125,12 @@ def test_regression_evaluates_rmse_mae_r2(tmp_path: Path) -> None:
     clean = churn_like(600).assign(churned=lambda df: df["tenure"] * 2.0 + 5.0)
     (tmp_path / "in").mkdir()
     clean.to_parquet(tmp_path / "in" / "clean")
-    params: dict[str, Any] = {
-        "experiment": "e",
-        "workflow": "e-g1",
-        "namespace": "default",
-        "experimentUid": "uid-e",
-        "spec": {**spec(trials=2), "task": "regression"},
-        "validate": {"types": {**TYPES, "churned": "numeric"}},
-    }
+    the_spec = {**spec(trials=2), "task": "regression"}
+    params = step_params(the_spec, rows=600, types={**TYPES, "churned": "numeric"})
     params["search"] = search_step.run(params, tmp_path / "in", tmp_path / "in")
     result = evaluate_step.run(params, tmp_path / "in", tmp_path / "out")
     assert set(result["metrics"]) == {"rmse", "mae", "r2"} and result["metrics"]["r2"] > 0.9
-    assert result["cardComplete"] is False  # no owner label, no dataset fingerprint
+    assert result["cardComplete"] is False  # no owner label
     predicted = load_bundle(tmp_path / "out" / "bundle").predict([{"tenure": 10}])
     assert predicted["score"].iloc[0] == pytest.approx(25.0, abs=10)
 
@@ -158,16 +148,15 @@ def test_ensemble_members_that_would_overrun_the_budget_are_dropped() -> None:
     trials = {row["trial"]: row for row in board if "trial" in row}
     refits = {"0": 1.0, "1": 2.0, "2": 30.0}
     budget = {"remainingSeconds": 6.0, "refitSeconds": refits}
-    dropped = evaluate_step.fit_budget(board, trials, budget, time.monotonic())
+    dropped = fit_budget(board, trials, budget, time.monotonic())
     assert dropped == ["xgboost#2"]
     assert board[0]["members"] == ["lightgbm#0", "xgboost#1"]
     assert board[0]["weights"] == pytest.approx([0.625, 0.375])
     # Time for one member only: the ensemble gives way to the single trials.
-    dropped = evaluate_step.fit_budget(board, trials, {**budget, "remainingSeconds": 1.0},
-                                       time.monotonic())  # fmt: skip
+    dropped = fit_budget(board, trials, {**budget, "remainingSeconds": 1.0}, time.monotonic())
     assert dropped == ["xgboost#1"] and all(row["name"] != "ensemble" for row in board)
     # Time enough, or no budget from the search: nothing changes.
-    assert evaluate_step.fit_budget(board, trials, None, time.monotonic()) == []
+    assert fit_budget(board, trials, None, time.monotonic()) == []
 
 
 def test_same_seed_data_and_spec_give_the_same_bundle_digest(tmp_path: Path) -> None:
@@ -178,16 +167,30 @@ def test_same_seed_data_and_spec_give_the_same_bundle_digest(tmp_path: Path) -> 
         root = tmp_path / attempt
         (root / "in").mkdir(parents=True)
         clean.to_parquet(root / "in" / "clean")
-        params: dict[str, Any] = {
-            "experiment": "churn",
-            "workflow": "churn-g1",
-            "namespace": "default",
-            "experimentUid": "uid-churn",
-            "codeVersion": "0.1.0",
-            "spec": spec(trials=3, learners=["lightgbm"]),
-            "ingest": {"uri": "churn.csv", "rows": 600, "fingerprint": "f" * 64},
-            "validate": {"types": TYPES, "pii": {}, "piiAction": "none"},
-        }
+        params = step_params(spec(trials=3, learners=["lightgbm"]), rows=600)
         params["search"] = search_step.run(params, root / "in", root / "in")
         digests.append(evaluate_step.run(params, root / "in", root / "out")["sha256"])
     assert digests[0] == digests[1]
+
+
+def test_a_renamed_result_field_fails_the_consumer_loudly(tmp_path: Path) -> None:
+    """The earlier results are read through the models they were written with: a field its
+    producer renamed (validate's piiAction as piiHandling) or stopped writing (search's
+    trialsPruned) stops evaluate before any work, naming the keys, instead of falling into a
+    default (mask the PII, zero pruned trials)."""
+    params = step_params(spec(trials=1), rows=600)
+    params["search"] = SearchResult.model_validate(
+        {"trialsCompleted": 1, "trialsPruned": 0, "trialsTotal": 1, "metric": "maximize_auc",
+         "bestValue": 0.8, "bestTrial": {"number": 0, "learner": "lightgbm", "value": 0.8},
+         "leaderboard": [], "elapsedSeconds": 1.0, "trainRows": 480, "holdoutRows": 120}
+    ).wire()  # fmt: skip
+    parse_params(EvaluateParams, params)  # whole, it parses
+    params["validate"]["piiHandling"] = params["validate"].pop("piiAction")
+    del params["search"]["trialsPruned"]
+    with pytest.raises(StepError) as raised:
+        evaluate_step.run(params, tmp_path / "in", tmp_path / "out")
+    assert str(raised.value) == (
+        "invalid params: 'validate.piiAction' is missing; 'search.trialsPruned' is missing; "
+        "'validate.piiHandling' is not a known key (renamed?)"
+    )
+    assert not (tmp_path / "out").exists()

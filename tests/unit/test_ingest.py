@@ -223,7 +223,9 @@ class TestIngestStep:
 
     def test_invalid_spec_is_a_step_error(self, tmp_path):
         with pytest.raises(StepError, match="invalid spec"):
-            ingest.run({"spec": {"task": "classification"}}, tmp_path, tmp_path / "out")
+            ingest.run(
+                {**params_for("x"), "spec": {"task": "classification"}}, tmp_path, tmp_path / "out"
+            )
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from aiml024.runtime import portfolio
 from aiml024.runtime.learners import REGISTRY
 from aiml024.runtime.portfolio.build import in_space
-from aiml024.runtime.search import warm_start_configs
+from aiml024.runtime.study import warm_start_configs
 
 # What bench/automl scores on (scikit-learn's bundled sets and the other packages' data).
 BENCH_DATA = {"load_breast_cancer", "load_wine", "load_iris", "load_diabetes", "load_digits",

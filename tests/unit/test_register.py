@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,10 @@ import fsspec
 import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
+from tests.unit.test_search import ingest_result, validate_result
 
 from aiml024.api import ExperimentSpec, Model
+from aiml024.api.steps import EvaluateResult, LeaderboardRow, SearchResult
 from aiml024.runtime.bundle import BundleMeta, InputColumn, save_bundle
 from aiml024.runtime.steps import StepError
 from aiml024.runtime.steps import register as register_step
@@ -39,44 +43,44 @@ def artifacts(tmp: Path) -> tuple[Path, dict[str, Any]]:
     (inputs / "card").mkdir()
     (inputs / "card" / "model_card.md").write_text("# card\n")
     (inputs / "card" / "model_card.json").write_text("{}\n")
+    leaderboard = [
+        LeaderboardRow(rank=1, name="ensemble", learner="ensemble", value=0.9,
+                       members=["lightgbm#3", "xgboost#1"], weights=[0.5, 0.5]),
+        LeaderboardRow(rank=2, name="lightgbm", learner="lightgbm", value=0.8, trial=3,
+                       params={"num_leaves": 8}),
+    ]  # fmt: skip
+    search = SearchResult.model_validate(
+        {"trialsCompleted": 4, "trialsTotal": 4, "metric": "maximize_auc", "bestValue": 0.8,
+         "bestTrial": {"number": 3, "learner": "lightgbm", "value": 0.8},
+         "leaderboard": leaderboard, "elapsedSeconds": 1.0, "trainRows": 2, "holdoutRows": 1}
+    )  # fmt: skip
+    evaluate = EvaluateResult(
+        metrics={"auc": 0.9},
+        baseline_metrics={"auc": 0.8},
+        primary_metric="auc",
+        sha256=digest,
+        learner="ensemble",
+        members=["lightgbm#3", "xgboost#1"],
+        weights=[0.5, 0.5],
+        calibration={"brier": 0.1, "ece": 0.02},
+        card_complete=True,
+        trial=3,
+        holdout_rows=1,
+    )
+    types = {"x": "numeric", "email": "categorical", "churned": "categorical"}
     params = {
         "experiment": "churn",
         "namespace": "ml",
         "experimentUid": UID,
         "workflow": "churn-g1",
+        "artifactStore": "",
+        "studyStorage": "",
         "codeVersion": "0.1.0",
         "spec": SPEC,
-        "ingest": {"uri": "s3://data/churn.csv", "rows": 2, "fingerprint": "a" * 64},
-        "validate": {"pii": {"email": "email"}, "piiAction": "mask"},
-        "search": {
-            "leaderboard": [
-                {
-                    "rank": 1,
-                    "name": "ensemble",
-                    "learner": "ensemble",
-                    "value": 0.9,
-                    "members": ["lightgbm#3", "xgboost#1"],
-                    "weights": [0.5, 0.5],
-                },
-                {
-                    "rank": 2,
-                    "name": "lightgbm",
-                    "learner": "lightgbm",
-                    "value": 0.8,
-                    "trial": 3,
-                    "params": {"num_leaves": 8},
-                },
-            ]
-        },
-        "evaluate": {
-            "sha256": digest,
-            "metrics": {"auc": 0.9},
-            "baselineMetrics": {"auc": 0.8},
-            "primaryMetric": "auc",
-            "cardComplete": True,
-            "trial": 3,
-            "calibration": {"brier": 0.1, "ece": 0.02},
-        },
+        "ingest": ingest_result(2, types, uri="s3://data/churn.csv", fingerprint="a" * 64),
+        "validate": validate_result(2, types, pii={"email": "email"}, piiAction="mask"),
+        "search": search.wire(),
+        "evaluate": evaluate.wire(),
     }
     return inputs, params
 
@@ -176,3 +180,23 @@ def test_model_name_defaults_to_the_experiment(tmp_path: Path) -> None:
     manifest = register_step.run(params, inputs, tmp_path / "out")["model"]
     assert manifest["metadata"]["name"] == "churn-model"
     assert manifest["metadata"]["labels"] == {"aiml024.io/experiment": "churn"}
+
+
+def test_a_renamed_result_field_exits_2_naming_it(tmp_path: Path) -> None:
+    """evaluate's result with `sha256` renamed: `python -m aiml024.runtime register` refuses
+    its params on one error line naming both keys, and writes nothing to the store."""
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = str(tmp_path / "store")
+    params["evaluate"]["digest"] = params["evaluate"].pop("sha256")
+    done = subprocess.run(
+        [sys.executable, "-m", "aiml024.runtime", "register", "--params", json.dumps(params),
+         "--inputs", str(inputs), "--outputs", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: invalid params: 'evaluate.sha256' is missing; "
+        "'evaluate.digest' is not a known key (renamed?)"
+    ]
+    assert not (tmp_path / "store").exists()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.unit.test_search import TYPES, churn_like, spec
+from tests.unit.test_search import churn_like, spec, step_params
 
 
 def runtime(step: str, params: dict | str, inputs: Path, outputs: Path):
@@ -33,7 +33,7 @@ def runtime(step: str, params: dict | str, inputs: Path, outputs: Path):
 
 
 def test_a_step_error_exits_2_with_one_error_line(tmp_path: Path) -> None:
-    done = runtime("search", {"spec": spec()}, tmp_path / "in", tmp_path / "out")
+    done = runtime("search", step_params(spec()), tmp_path / "in", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: input artifact")
     assert done.stdout == ""
@@ -41,23 +41,37 @@ def test_a_step_error_exits_2_with_one_error_line(tmp_path: Path) -> None:
 
 
 def test_an_invalid_spec_or_params_exits_2(tmp_path: Path) -> None:
-    bad_spec = runtime("search", {"spec": {"task": "classification"}}, tmp_path, tmp_path / "o")
-    assert bad_spec.returncode == 2 and "error: invalid spec" in bad_spec.stderr
+    bad_spec = runtime("search", step_params({"task": "classification"}), tmp_path, tmp_path / "o")
+    assert bad_spec.returncode == 2 and "error: invalid spec: spec.data" in bad_spec.stderr
     not_json = runtime("search", "{nope", tmp_path, tmp_path / "o")
     assert not_json.returncode == 2 and "error: --params" in not_json.stderr
+
+
+def test_a_missing_or_mistyped_params_key_is_named_on_one_error_line(tmp_path: Path) -> None:
+    """Each step parses its params with its model (api.step_params): the key is named, with
+    its place in the document, before any work (or heavy import) starts."""
+    params = step_params(spec())
+    del params["experimentUid"]
+    params["validate"]["rows"] = "many"
+    params["merge"] = "maybe"
+    done = runtime("search", params, tmp_path / "in", tmp_path / "out")
+    assert done.returncode == 2 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: invalid params: ")
+    assert "'experimentUid' is missing" in errors[0]
+    assert "'validate.rows': Input should be a valid integer" in errors[0]
+    assert "'merge': Input should be a valid boolean" in errors[0]
+    # A key the step does not read is refused too: a typo never passes silently.
+    unknown = runtime("ingest", {**step_params(spec()), "wrokflow": "x"}, tmp_path, tmp_path / "o")
+    assert unknown.returncode == 2
+    assert "'ingest' is not a known key" in unknown.stderr
+    assert "'wrokflow' is not a known key" in unknown.stderr
 
 
 def test_search_writes_result_json_and_only_events_on_stdout(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     churn_like(400).to_parquet(tmp_path / "in" / "clean")
-    params = {
-        "experiment": "churn",
-        "namespace": "default",
-        "experimentUid": "uid-churn",
-        "workflow": "churn-g1",
-        "spec": spec(trials=2),
-        "validate": {"types": TYPES},
-    }
+    params = step_params(spec(trials=2), rows=400)
     done = runtime("search", params, tmp_path / "in", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -80,3 +94,4 @@ def test_a_steps_clock_starts_with_its_process() -> None:
         assert step_clock() == 123.0
     finally:
         set_step_clock(None)
+

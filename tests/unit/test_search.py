@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aiml024.runtime.search import caruana
+from aiml024.api.data_steps import IngestResult, ValidateResult
+from aiml024.runtime.ensemble import caruana
 from aiml024.runtime.steps import StepError
 from aiml024.runtime.steps import search as search_step
 
@@ -76,18 +77,52 @@ def spec(**search: Any) -> dict[str, Any]:
     }
 
 
-def run_search(tmp: Path, clean: pd.DataFrame, the_spec: dict, **params: Any) -> dict:
-    (tmp / "in").mkdir(parents=True, exist_ok=True)
-    clean.to_parquet(tmp / "in" / "clean")
-    base = {
+def ingest_result(rows: int, types: dict[str, str] = TYPES, **fields: Any) -> dict[str, Any]:
+    """What the ingest step wrote for a table of `rows` rows with these column types."""
+    return IngestResult.model_validate(
+        {
+            "uri": "churn.csv",
+            "rows": rows,
+            "columns": list(types),
+            "types": types,
+            "fingerprint": "f" * 64,
+            **fields,
+        }  # fmt: skip
+    ).wire()
+
+
+def validate_result(rows: int, types: dict[str, str] = TYPES, **fields: Any) -> dict[str, Any]:
+    """What the validate step wrote: the clean table's rows and types (no PII by default)."""
+    return ValidateResult.model_validate(
+        {"rows": rows, "droppedRows": 0, "types": types, **fields}
+    ).wire()
+
+
+def step_params(
+    the_spec: dict[str, Any], rows: int = 800, types: dict[str, str] = TYPES, **params: Any
+) -> dict[str, Any]:
+    """A step's whole --params document as the compiled Workflow passes it (api.step_params):
+    the run's identity, its stores, the spec, and the ingest and validate results."""
+    return {
         "experiment": "churn",
         "workflow": "churn-g1",
         "namespace": "default",
         "experimentUid": "uid-churn",
+        "artifactStore": "",
+        "studyStorage": "",
+        "codeVersion": "0.1.0",
         "spec": the_spec,
-        "validate": {"types": TYPES},
+        "ingest": ingest_result(rows, types),
+        "validate": validate_result(rows, types),
+        **params,
     }
-    return search_step.run({**base, **params}, tmp / "in", tmp / "out")
+
+
+def run_search(tmp: Path, clean: pd.DataFrame, the_spec: dict, **params: Any) -> dict:
+    (tmp / "in").mkdir(parents=True, exist_ok=True)
+    clean.to_parquet(tmp / "in" / "clean")
+    document = step_params(the_spec, rows=len(clean), **params)
+    return search_step.run(document, tmp / "in", tmp / "out")
 
 
 def test_search_keeps_its_time_budget(tmp_path: Path) -> None:
@@ -163,7 +198,7 @@ def test_study_storage_url_and_study_name(tmp_path: Path) -> None:
     run_search(tmp_path, churn_like(), spec(trials=2), studyStorage=f"journal://{journal}")
     import optuna
 
-    from aiml024.runtime.search import open_storage
+    from aiml024.runtime.study import open_storage
 
     study = optuna.load_study(
         study_name="default.churn.uid-churn.churn-g1",
@@ -224,7 +259,7 @@ def test_a_trial_cut_short_by_the_deadline_is_pruned_never_ranked(
 
 
 def test_the_search_leaves_evaluate_its_refit_time(tmp_path: Path) -> None:
-    from aiml024.runtime.search import EVALUATE_OVERHEAD_SECONDS
+    from aiml024.runtime.budget import EVALUATE_OVERHEAD_SECONDS
 
     result = run_search(tmp_path, churn_like(3000), spec(trials=10_000, timeBudgetSeconds=8))
     board = json.loads((tmp_path / "out" / "search" / "leaderboard.json").read_text())

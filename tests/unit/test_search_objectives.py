@@ -11,12 +11,13 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from tests.unit.test_search import TYPES, churn_like, run_search, spec
+from tests.unit.test_search import churn_like, run_search, spec, step_params
 
 from aiml024.api import ExperimentSpec
 from aiml024.runtime.learners import get_learner, infer, train
-from aiml024.runtime.search import is_imbalanced, make_pruner, wants_log_target, worker_quota
+from aiml024.runtime.search import is_imbalanced, wants_log_target
 from aiml024.runtime.steps import evaluate as evaluate_step
+from aiml024.runtime.study import make_pruner, worker_quota
 
 
 def experiment_spec(**search: Any) -> ExperimentSpec:
@@ -105,16 +106,7 @@ def test_a_skewed_regression_target_searches_log1p(tmp_path: Path) -> None:
 
 
 def evaluate(tmp: Path, clean: pd.DataFrame, the_spec: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "experiment": "e",
-        "workflow": "e-g1",
-        "namespace": "default",
-        "experimentUid": "uid-e",
-        "codeVersion": "0",
-        "spec": the_spec,
-        "ingest": {"uri": "e.csv", "rows": len(clean), "fingerprint": "f" * 64},
-        "validate": {"types": TYPES},
-    }
+    params = step_params(the_spec, rows=len(clean), experiment="e", workflow="e-g1")
     params["search"] = run_search(tmp, clean, the_spec)
     clean.to_parquet(tmp / "out" / "clean")  # evaluate's inputs: clean and search
     return evaluate_step.run(params, tmp / "out", tmp / "eval")

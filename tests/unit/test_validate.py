@@ -18,8 +18,22 @@ from aiml024.runtime.steps import StepError, ingest, validate
 CHURN = EXAMPLES / "churn" / "data" / "churn.csv.gz"
 
 
-def params(**spec_fields) -> dict:
+# What ingest wrote (validate reads the dataset artifact; the result only has to be whole).
+INGESTED = {
+    "uri": "unused.csv",
+    "rows": 120,
+    "columns": ["customer", "amount", "plan", "label"],
+    "types": {"customer": "id", "amount": "numeric", "plan": "categorical", "label": "numeric"},
+    "fingerprint": "0" * 64,
+}
+
+
+def ingest_params(**spec_fields) -> dict:
     return params_for("unused.csv", **{"split": {"folds": 3}, **spec_fields})
+
+
+def params(**spec_fields) -> dict:
+    return {**ingest_params(**spec_fields), "ingest": INGESTED}
 
 
 def frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
@@ -52,7 +66,7 @@ class TestChurn:
             "idColumn": "customer_id",
             "features": {"textColumns": ["last_message"]},
         }
-        ingested = ingest.run(params(**spec), root / "ingest-in", root / "ingest-out")
+        ingested = ingest.run(ingest_params(**spec), root / "ingest-in", root / "ingest-out")
         (root / "in").mkdir()
         # The executor copies the artifact file to inputs/<artifact-name>.
         shutil.copy(root / "ingest-out" / "dataset", root / "in" / "dataset")

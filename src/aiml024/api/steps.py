@@ -1,4 +1,7 @@
-"""Results of the search, evaluate and register steps (their result.json, camelCase)."""
+"""Results of the search, evaluate and register steps (their result.json, camelCase).
+
+The ingest and validate results are in api.data_steps; what each step reads (its params, which
+carry the earlier steps' results as these models) is in api.step_params."""
 
 from __future__ import annotations
 
@@ -45,6 +48,20 @@ class SearchResult(Strict):
     elapsed_seconds: float
     train_rows: int
     holdout_rows: int
+
+
+class SearchWorkerResult(Strict):
+    """What one distributed-search worker did (its result.json; no artifact: its trials are in
+    the shared study and their out-of-fold predictions in the shared search directory)."""
+
+    worker: int = Field(ge=0)
+    workers: int = Field(ge=1)
+    quota: int = Field(ge=0, description="This worker's share of spec.search.trials.")
+    trials: list[int] = Field(description="Numbers of the trials this worker finished.")
+    trials_completed: int
+    trials_pruned: int
+    trials_failed: int
+    elapsed_seconds: float
 
 
 class EvaluateResult(Strict):

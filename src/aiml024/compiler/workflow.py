@@ -26,8 +26,12 @@ merges every worker's trials into the leaderboard and ensemble (`"merge": true` 
 and produces the same `search` artifact and result as the single search step, so evaluate and
 everything that reads the `search` node are unchanged. With N = 1 the DAG is the plain one.
 
-Earlier steps' results reach a container as input parameters named after the step, because
-Argo resolves `{{tasks.*}}` only in a DAG task's arguments, never inside a template.
+Each step's `--params` is its model in aiml024.api.step_params (PARAMS[step]), written as a
+JSON template (`_params_json`): every field of the model becomes the Argo expression that
+supplies it, so the document the step parses is exactly the one the model describes, and a
+field added to a model without a source here fails the compile. Earlier steps' results reach a
+container as input parameters named after the step, because Argo resolves `{{tasks.*}}` only
+in a DAG task's arguments, never inside a template.
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from typing import Any
 from aiml024.api import Experiment
 from aiml024.api.common import DEFAULT_NAMESPACE
 from aiml024.api.experiment import SUPPORTED_TASKS, Resources
+from aiml024.api.step_params import PARAMS, STEPS, StepName, earlier_steps
 
 from .options import MANAGED_BY, CompileError, CompileOptions, canonical_json, child_name
 
-STEPS = ("ingest", "validate", "search", "evaluate", "register")
 INPUTS_DIR = "/aiml024/inputs"
 OUTPUTS_DIR = "/aiml024/outputs"
 RESULT = "result"
@@ -48,7 +52,7 @@ WORKERS_TASK = "search-workers"
 WORKER_TEMPLATE = "search-worker"
 
 # step -> (input artifacts, output artifacts); each input is the output of the same name.
-ARTIFACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+ARTIFACTS: dict[StepName, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ingest": ((), ("dataset",)),
     "validate": (("dataset",), ("clean", "report")),
     "search": (("clean",), ("search",)),
@@ -64,6 +68,7 @@ GLOBAL_PARAMS = {
     "study-storage": "studyStorage",
     "code-version": "codeVersion",
 }
+_FROM_WORKFLOW = {key: param for param, key in GLOBAL_PARAMS.items()}
 
 # The search step stops itself at its time budget; the deadline is only a backstop for a hung
 # pod, so it allows for data loading, ensembling and the final refit on top of the budget.
@@ -83,18 +88,39 @@ def workflow_name(exp: Experiment) -> str:
     return child_name(exp.metadata.name, f"-g{exp.metadata.generation or 1}")
 
 
-def _params_json(step: str, extra: dict[str, str] | None = None) -> str:
-    """The --params argument: JSON once Argo has substituted every expression in it.
+def _param_expression(step: StepName, key: str, role: str) -> str | None:
+    """The JSON text that supplies `key` of the step's params once Argo substitutes it; None
+    for a key this template leaves out (an optional field of the model).
 
     String parameters sit inside quotes; `spec` and the earlier results are JSON objects, so
     they go in unquoted. The options' strings are checked for quotes and backslashes up front.
     """
-    fields = {key: f'"{{{{workflow.parameters.{param}}}}}"' for param, key in GLOBAL_PARAMS.items()}
-    fields["spec"] = "{{workflow.parameters.spec}}"
-    fields["workflow"] = '"{{workflow.name}}"'
-    for earlier in STEPS[: STEPS.index(step)]:
-        fields[earlier] = f"{{{{inputs.parameters.{earlier}}}}}"
-    fields |= extra or {}
+    if key in _FROM_WORKFLOW:
+        return f'"{{{{workflow.parameters.{_FROM_WORKFLOW[key]}}}}}"'
+    if key == "spec":
+        return "{{workflow.parameters.spec}}"
+    if key == "workflow":
+        return '"{{workflow.name}}"'
+    if key in earlier_steps(step):
+        return f"{{{{inputs.parameters.{key}}}}}"
+    if key == "worker":
+        return "{{inputs.parameters.worker}}" if role == "worker" else None
+    if key == "merge":
+        return "true" if role == "merge" else None
+    return None
+
+
+def _params_json(step: StepName, role: str = "") -> str:
+    """The --params argument: the step's params model (api.step_params.PARAMS) as JSON once
+    Argo has substituted every expression in it; keys sorted, camelCase."""
+    fields: dict[str, str] = {}
+    for name, field in PARAMS[step].model_fields.items():
+        key = field.alias or name
+        expression = _param_expression(step, key, role)
+        if expression is not None:
+            fields[key] = expression
+        elif field.is_required():
+            raise CompileError(f"{step} params: no Argo expression supplies {key!r}")
     return "{" + ",".join(f'"{key}":{fields[key]}' for key in sorted(fields)) + "}"
 
 
@@ -107,14 +133,12 @@ def _resources(resources: Resources, gpu: bool) -> dict[str, Any]:
 
 
 def _step_template(
-    step: str, exp: Experiment, options: CompileOptions, role: str = ""
+    step: StepName, exp: Experiment, options: CompileOptions, role: str = ""
 ) -> dict[str, Any]:
     """A step's container template; `role` is "worker" or "merge" for distributed search."""
     inputs, outputs = ARTIFACTS[step]
     if role == "worker":
         outputs = ()  # out-of-fold predictions go to the shared search directory instead
-    extra = {"worker": "{{inputs.parameters.worker}}"} if role == "worker" else {}
-    extra |= {"merge": "true"} if role == "merge" else {}
     resources = exp.spec.resources
     container: dict[str, Any] = {"image": options.image}
     if options.image_pull_policy:
@@ -123,7 +147,7 @@ def _step_template(
         "command": ["python", "-m", "aiml024.runtime", step],
         "args": [
             "--params",
-            _params_json(step, extra),
+            _params_json(step, role),
             "--inputs",
             INPUTS_DIR,
             "--outputs",
@@ -132,7 +156,7 @@ def _step_template(
         "resources": _resources(resources, gpu=step == "search" and role != "merge"),
     }
     template: dict[str, Any] = {"name": WORKER_TEMPLATE if role == "worker" else step}
-    earlier = [*STEPS[: STEPS.index(step)], *(["worker"] if role == "worker" else [])]
+    earlier = [*earlier_steps(step), *(["worker"] if role == "worker" else [])]
     if earlier or inputs:
         template["inputs"] = {}
         if earlier:
@@ -164,7 +188,7 @@ def _step_template(
     return template
 
 
-def _dag_task(step: str, workers: int = 1, role: str = "") -> dict[str, Any]:
+def _dag_task(step: StepName, workers: int = 1, role: str = "") -> dict[str, Any]:
     """The DAG task of a step; for distributed search (`workers` > 1) `role` "worker" is the
     fanned-out task and the `search` task (the merge) waits for it."""
     name = WORKERS_TASK if role == "worker" else step
@@ -179,7 +203,7 @@ def _dag_task(step: str, workers: int = 1, role: str = "") -> dict[str, Any]:
     if index:
         arguments["parameters"] = [
             {"name": earlier, "value": f"{{{{tasks.{earlier}.outputs.parameters.{RESULT}}}}}"}
-            for earlier in STEPS[:index]
+            for earlier in earlier_steps(step)
         ]
         if role == "worker":
             arguments["parameters"].append({"name": "worker", "value": "{{item}}"})

@@ -1,8 +1,10 @@
 """`python -m aiml024.runtime STEP --params JSON --inputs DIR --outputs DIR`
 
-Runs aiml024.runtime.steps.<STEP>.run and writes its result to DIR/result.json. stdout carries
-only progress events (JSON lines); logs and library chatter go to stderr. Exit 2 with
-`error: <message>` on bad data or parameters (StepError), exit 1 on any other failure.
+Parses --params with the step's model (aiml024.api.step_params.PARAMS[STEP]), runs
+aiml024.runtime.steps.<STEP>.run and writes its result to DIR/result.json. stdout carries only
+progress events (JSON lines); logs and library chatter go to stderr. Exit 2 with
+`error: <message>` on bad data or parameters (StepError: a missing, renamed or mistyped params
+key is named), exit 1 on any other failure.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
-from . import set_event_stream, set_step_clock  # noqa: E402
+from aiml024.api.step_params import STEPS  # noqa: E402
 
-STEPS = ("ingest", "validate", "search", "evaluate", "register")
+from . import set_event_stream, set_step_clock  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --params is not a JSON object: {error}", file=sys.stderr)
         return 2
 
-    from .steps import StepError
+    from .steps import StepError, params_for
 
     try:
+        typed = params_for(args.step, params)  # before the step's heavy imports
         module = importlib.import_module(f"aiml024.runtime.steps.{args.step}")
         args.outputs.mkdir(parents=True, exist_ok=True)
-        result: Any = module.run(params, args.inputs, args.outputs)
+        result: Any = module.run(typed, args.inputs, args.outputs)
         (args.outputs / "result.json").write_text(json.dumps(result, sort_keys=True) + "\n")
     except StepError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from fsspec.registry import known_implementations
 
-from aiml024.runtime.steps import StepError
+from .errors import StepError
 
 if TYPE_CHECKING:
     from aiml024.api import ExperimentSpec

@@ -1,56 +1,103 @@
 """Workflow steps: each module exposes `run(params, inputs, outputs) -> dict` (its result.json).
 
+`params` is the step's typed model (aiml024.api.step_params.PARAMS[step]) or the `--params`
+document it is parsed from (`parse_params`: a missing, renamed or mistyped key is a StepError
+that names it). Each step writes its result through its result model (api.step_params.RESULTS)
+and reads the earlier steps' results only through theirs.
+
 Step modules are imported by name on demand (`aiml024.runtime.steps.<step>`), so importing this
 package stays cheap and pulls in no ML library.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from aiml024.api import ExperimentSpec, describe_validation_error
+from aiml024.api.step_params import PARAMS, StepName, StepParams
 from aiml024.api.steps import run_root
 
+from ..errors import StepError
 
-class StepError(ValueError):
-    """Bad input data or parameters: the dispatcher prints `error: <message>` and exits 2.
-
-    The message says what is wrong and where (column, file, URI), for the person who wrote
-    the Experiment, not for the developer.
-    """
+P = TypeVar("P", bound=StepParams)
 
 
-def spec_from(params: dict[str, Any]) -> ExperimentSpec:
-    """The Experiment spec carried in a step's params, or a StepError naming the bad fields."""
-    if "spec" not in params:
-        raise StepError("params carry no 'spec': the workflow must pass the Experiment spec")
+def parse_params(model: type[P], params: Mapping[str, Any] | P) -> P:
+    """The step's params as `model`, or a StepError naming every missing, unknown or mistyped
+    key (`invalid params: 'validate.piiAction' is missing`); problems inside the spec read
+    `invalid spec: ...`. An earlier step's result must hold every field its producer writes
+    (api.step_params.StepParams.unwritten_fields): no default stands in for a lost field."""
+    if isinstance(params, model):
+        return params
+    if not isinstance(params, Mapping):
+        raise StepError(f"params must be a JSON object, not {type(params).__name__}")
+    document = dict(params)
+    keys = [f"{path!r} is missing" for path in model.unwritten_fields(document)]
+    spec: list[str] = []
     try:
-        return ExperimentSpec.model_validate(params["spec"])
+        typed = model.model_validate(document)
     except ValidationError as error:
-        raise StepError("invalid spec: " + "; ".join(describe_validation_error(error))) from None
+        _describe(error, keys, spec)
+    parts = [f"invalid params: {'; '.join(keys)}"] if keys else []
+    parts += [f"invalid spec: {'; '.join(spec)}"] if spec else []
+    if parts:
+        raise StepError("; ".join(parts))
+    return typed
 
 
-_IDENTITY = ("namespace", "experiment", "experimentUid", "workflow")
+def params_for(step: StepName, params: Mapping[str, Any] | StepParams) -> StepParams:
+    """`parse_params` with the model of `step` (the dispatcher's entry)."""
+    return parse_params(PARAMS[step], params)
 
 
-def _run_identity(params: dict[str, Any]) -> tuple[str, str, str, str]:
-    missing = [key for key in _IDENTITY if not params.get(key)]
+def _describe(error: ValidationError, keys: list[str], spec: list[str]) -> None:
+    """Each problem as `'validate.piiAction' is missing` (into `keys`) or, inside the spec,
+    `spec.search.trials: ...` (into `spec`, as `aiml024 apply` words them)."""
+    for item in error.errors():
+        # Drop pydantic's internal markers (the member of a union, a validator's tag).
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and "[" in p))
+        where = _path(loc)
+        message = item["msg"].removeprefix("Value error, ")
+        kind = item["type"]
+        if loc[:1] == ("spec",) and (len(loc) > 1 or kind != "missing"):
+            spec.append(f"{where}: {'unknown field' if kind == 'extra_forbidden' else message}")
+        elif kind == "missing":
+            keys.append(f"{where!r} is missing")
+        elif kind == "extra_forbidden":
+            keys.append(f"{where!r} is not a known key (renamed?)")
+        else:
+            keys.append(f"{where!r}: {message}")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(params)"
+
+
+_IDENTITY = ("namespace", "experiment", "experiment_uid", "workflow")
+
+
+def _run_identity(params: StepParams) -> tuple[str, str, str, str]:
+    values = {key: str(getattr(params, key)) for key in _IDENTITY}
+    missing = [StepParams.model_fields[key].alias or key for key in _IDENTITY if not values[key]]
     if missing:
         raise StepError(
             f"params carry no {', '.join(repr(k) for k in missing)}: the run's identity "
             "(namespace, experiment, its uid, workflow) names its artifacts and study"
         )
-    namespace, experiment, uid, workflow = (str(params[key]) for key in _IDENTITY)
+    namespace, experiment, uid, workflow = (values[key] for key in _IDENTITY)
     return namespace, experiment, uid, workflow
 
 
-def run_root_from(params: dict[str, Any]) -> str:
+def run_root_from(params: StepParams) -> str:
     """This run's own artifact location (aiml024.api.steps.run_root), from the step's params."""
     identity = _run_identity(params)
-    store = str(params.get("artifactStore") or "")
+    store = params.artifact_store
     if not store:
         raise StepError("params carry no 'artifactStore': where do this run's artifacts go?")
     if "://" not in store:  # a bare path becomes absolute, so servers elsewhere can find it
@@ -61,9 +108,9 @@ def run_root_from(params: dict[str, Any]) -> str:
         raise StepError(str(error)) from None
 
 
-def study_name(params: dict[str, Any]) -> str:
+def study_name(params: StepParams) -> str:
     """The Optuna study of this run: unique per namespace, Experiment uid and workflow."""
     return ".".join(_run_identity(params))
 
 
-__all__ = ["StepError", "run_root_from", "spec_from", "study_name"]
+__all__ = ["StepError", "params_for", "parse_params", "run_root_from", "study_name"]

@@ -10,16 +10,16 @@ and is chosen. When none does, the candidate that violates them least is kept an
 so. The card's leaderboard shows latencyP95Ms and sizeMb of every measured candidate, and the
 constraint outcome.
 
+Params: api.step_params.EvaluateParams (the ingest, validate and search results, typed).
 Inputs: `clean` (parquet), `search/` (split.json, leaderboard.json, oof/). Outputs: `bundle/`
 (aiml024.runtime.bundle), `card/` (model_card.md, model_card.json).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import pickle
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,52 +28,61 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from aiml024.api import ExperimentSpec
+from aiml024.api.data_steps import ValidateResult
+from aiml024.api.step_params import EvaluateParams
 from aiml024.api.steps import EvaluateResult
 
 from .. import available_cpus, step_clock
+from ..artifacts import (
+    LEADERBOARD_FILE,
+    OOF_DIR,
+    SEARCH,
+    SPLIT_FILE,
+    oof_file,
+    read_json,
+    write_json,
+)
+from ..budget import fit_budget
 from ..bundle import Bundle, BundleMeta, InputColumn, save_bundle
 from ..card import build_card, render_markdown
+from ..ensemble import blend
 from ..learners import EnsembleEstimator
 from ..metrics import all_metrics, best_f1_threshold, better, calibration, parse_objective
 from ..pii import PiiMasker
-from ..search import DataError, TrainingData, blend, make_featurizer, split_from_document
-from . import StepError, spec_from
-from .search import LEADERBOARD_FILE, SPLIT_FILE, load_training, write_json
+from ..splits import split_from_document
+from ..training import TrainingData, load_training, make_featurizer
+from . import parse_params
 
-log = logging.getLogger(__name__)
 SERVABLE_TYPES = ("numeric", "categorical", "datetime", "text", "boolean")
 LATENCY_REPEATS = 50
 MAX_CONSTRAINED_CANDIDATES = 4
-# What evaluate does after the refit (baseline, latency probe, bundle, card): kept free. The
-# search reserves EVALUATE_OVERHEAD_SECONDS for this and the process start + imports (~1.5 s).
-TAIL_SECONDS = 0.5
 
 
-def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
+def masker_action(validated: ValidateResult) -> str:
+    """How the served pipeline treats the PII columns validate found: as validate did (mask
+    or drop). With none found ("none": no scan) the masker has no columns; it masks."""
+    return validated.pii_action if validated.pii_action in ("mask", "drop") else "mask"
+
+
+def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path) -> dict[str, Any]:
     started = step_clock()  # the dispatcher's process start: imports count
-    spec = spec_from(params)
-    validate = params.get("validate") or {}
-    search_dir = inputs / "search"
-    clean, data = load_training(params, spec, inputs)
-    try:
-        split = split_from_document(_read_json(search_dir / SPLIT_FILE), data)
-    except DataError as error:
-        raise StepError(str(error)) from None
-    document = _read_json(search_dir / LEADERBOARD_FILE)
+    typed = parse_params(EvaluateParams, params)
+    spec, validated = typed.spec, typed.validate_result
+    search_dir = inputs / SEARCH
+    clean, data = load_training(inputs, spec, validated)
+    split = split_from_document(read_json(search_dir / SPLIT_FILE, "search"), data)
+    document = read_json(search_dir / LEADERBOARD_FILE, "search")
     board = document["rows"]
     metric = parse_objective(spec.effective_objective)[0]
     trials = {row["trial"]: row for row in board if row.get("trial") is not None}
     dropped_members = fit_budget(board, trials, document.get("budget"), started)
 
-    pii = dict(validate.get("pii") or {})
-    pii_action = (
-        validate.get("piiAction") if validate.get("piiAction") in ("mask", "drop") else "mask"
-    )
-    meta = bundle_meta(spec, data, clean, pii, pii_action, params.get("codeVersion", ""))
+    pii = dict(validated.pii)
+    pii_action = masker_action(validated)
+    meta = bundle_meta(spec, data, clean, pii, pii_action, typed.code_version)
     # Columns validate dropped (empty, constant) still arrive from clients: accept, ignore.
     known = {c.name for c in meta.columns}
-    dropped = params.get("validate", {}).get("droppedColumns", {})
-    meta.ignored_columns = sorted(c for c in dropped if c not in known)
+    meta.ignored_columns = sorted(c for c in validated.dropped_columns if c not in known)
     # Train on exactly what the server will see: requests are typed by Bundle.frame.
     X = Bundle(None, meta).frame(data.X)
     labels = _labels(data)
@@ -109,7 +118,7 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     threshold = 0.5
     if spec.effective_objective == "maximize_f1" and data.n_classes == 2:
         oof = blend(
-            [np.load(search_dir / "oof" / f"trial-{r['trial']}.npy") for r in member_rows], weights
+            [np.load(search_dir / OOF_DIR / oof_file(r["trial"])) for r in member_rows], weights
         )
         threshold = best_f1_threshold(data.y[split.train], oof[:, 1])
     meta.threshold = threshold
@@ -117,9 +126,7 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     result = holdout_scores(model, baseline, X_hold, y_hold, data, threshold)
     digest = save_bundle(outputs / "bundle", model, meta)
 
-    card = model_card(
-        params, spec, data, split, board, chosen, members, result, pii, pii_action, outcome
-    )
+    card = model_card(typed, data, split, board, chosen, members, result, pii, pii_action, outcome)
     card_dir = outputs / "card"
     card_dir.mkdir(parents=True, exist_ok=True)
     write_json(card_dir / "model_card.json", card)
@@ -138,47 +145,6 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
         trial=_best_trial(board),
         holdout_rows=len(split.holdout),
     ).wire()
-
-
-def fit_budget(
-    board: list[dict[str, Any]],
-    trials: dict[int, dict[str, Any]],
-    budget: dict[str, Any] | None,
-    started: float,
-) -> list[str]:
-    """Keep the refit within timeBudgetSeconds: the search left `remainingSeconds` (counted
-    from this step's start). Ensemble members whose estimated refit would not fit are dropped,
-    the lightest first (the remaining weights are renormalized; one left makes the ensemble
-    that single trial); the ensemble row is changed in place. Returns the dropped members."""
-    ensemble = next((row for row in board if row.get("name") == "ensemble"), None)
-    if not budget or ensemble is None or "remainingSeconds" not in budget:
-        return []
-    estimates = budget.get("refitSeconds") or {}
-    available = started + float(budget["remainingSeconds"]) - TAIL_SECONDS - time.monotonic()
-    order = sorted(range(len(ensemble["members"])), key=lambda i: -ensemble["weights"][i])
-    kept: list[int] = []
-    spent = 0.0
-    for i in order:
-        cost = float(estimates.get(ensemble["members"][i].rsplit("#", 1)[1], 0.0))
-        if not kept or spent + cost <= available:
-            kept.append(i)
-            spent += cost
-    if len(kept) == len(order):
-        return []
-    dropped = [ensemble["members"][i] for i in order if i not in kept]
-    kept.sort()
-    total = sum(ensemble["weights"][i] for i in kept)
-    log.warning(
-        "refit budget: %.1fs left; dropped ensemble members %s (estimated refit too long)",
-        available,
-        ", ".join(dropped),
-    )
-    if len(kept) == 1:  # the ensemble is now that trial: compete as it, not as a blend
-        board.remove(ensemble)
-        return dropped
-    ensemble["members"] = [ensemble["members"][i] for i in kept]
-    ensemble["weights"] = [ensemble["weights"][i] / total for i in kept]
-    return dropped
 
 
 def candidate_pipeline(
@@ -348,8 +314,7 @@ def holdout_scores(
 
 
 def model_card(
-    params: dict[str, Any],
-    spec: ExperimentSpec,
+    params: EvaluateParams,
     data: TrainingData,
     split: Any,
     board: list[dict[str, Any]],
@@ -360,13 +325,12 @@ def model_card(
     pii_action: str,
     outcome: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    ingest = params.get("ingest") or {}
-    search = params.get("search") or {}
-    experiment = params.get("experiment", "")
+    spec, ingest, search = params.spec, params.ingest_result, params.search_result
+    experiment = params.experiment
     labels = spec.model.labels if spec.model else {}
     metric = parse_objective(spec.effective_objective)[0]
     limitations = [
-        f"Trained on {len(split.train)} rows of {ingest.get('uri') or spec.data.uri}; inputs "
+        f"Trained on {len(split.train)} rows of {ingest.uri}; inputs "
         "unlike that population (new categories, shifted ranges) get unreliable predictions.",
         f"Holdout metrics estimate performance from {len(split.holdout)} rows; monitor drift "
         "after deployment.",
@@ -406,9 +370,9 @@ def model_card(
         target=spec.target,
         owner=labels.get("owner") or labels.get("team"),
         data={
-            "uri": ingest.get("uri") or spec.data.uri,
-            "rows": ingest.get("rows") or len(data.y),
-            "fingerprint": ingest.get("fingerprint"),
+            "uri": ingest.uri,
+            "rows": ingest.rows,
+            "fingerprint": ingest.fingerprint,
             "trainRows": len(split.train),
             "holdoutRows": len(split.holdout),
             "classes": data.classes or None,
@@ -416,7 +380,7 @@ def model_card(
         training={
             "objective": spec.effective_objective,
             "sampler": spec.search.sampler,
-            "trials": f"{search.get('trialsCompleted', '?')} of {spec.search.trials}",
+            "trials": f"{search.trials_completed} of {spec.search.trials}",
             "timeBudgetSeconds": spec.search.time_budget_seconds,
             "learners": list(spec.search.learners),
             "folds": spec.split.folds,
@@ -450,9 +414,3 @@ def _labels(data: TrainingData) -> np.ndarray:
     if data.task == "regression":
         return data.y
     return np.asarray(data.classes, dtype=object)[data.y]
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        raise StepError(f"input artifact {path} is missing: run the search step first")
-    return json.loads(path.read_text())

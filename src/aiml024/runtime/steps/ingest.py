@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from aiml024.api.data_steps import IngestResult
-from aiml024.runtime.data import (
-    apply_types,
-    dataset_fingerprint,
-    infer_types,
-    read_table,
-    write_parquet,
-)
-from aiml024.runtime.steps import StepError, spec_from
+from aiml024.api.step_params import IngestParams
+
+from ..data import apply_types, dataset_fingerprint, infer_types, read_table, write_parquet
+from . import StepError, parse_params
 
 DATASET_FILE = "dataset"  # the artifact name: the Workflow reads /aiml024/outputs/dataset
 
@@ -29,8 +26,8 @@ def _checked_columns(df: pd.DataFrame, uri: str) -> pd.DataFrame:
     return df.set_axis(names, axis=1)
 
 
-def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
-    spec = spec_from(params)
+def run(params: Mapping[str, Any] | IngestParams, inputs: Path, outputs: Path) -> dict[str, Any]:
+    spec = parse_params(IngestParams, params).spec
     if spec.data.sql is not None or spec.data.uri is None:
         raise StepError(
             "data.sql is not supported by the local runtime yet; export the query result to "

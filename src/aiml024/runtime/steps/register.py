@@ -10,12 +10,15 @@ recomputed from the store and must equal the one evaluate reported.
 
 The control planes read `registration.json` from the store, never the step's result in the
 Workflow's status (which namespace editors can write): the store path is the trust boundary.
+
+Params: api.step_params.RegisterParams (every earlier step's result, typed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +28,29 @@ from pydantic import ValidationError
 from aiml024.api import Model, describe_validation_error
 from aiml024.api.experiment import LeaderboardEntry
 from aiml024.api.model import Evidence, Lineage, ModelSource, ModelSpec, ModelStatus
+from aiml024.api.step_params import RegisterParams
 from aiml024.api.steps import REGISTRATION, LeaderboardRow, RegisterResult
 
 from ..bundle import bundle_digest
-from . import StepError, run_root_from, spec_from
+from . import StepError, parse_params, run_root_from
 
 MODEL_CARD = "model_card.md"
 
 
-def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
-    spec = spec_from(params)
-    base = run_root_from(params)
-    evaluate = _required(params, "evaluate")
-    ingest = _required(params, "ingest")
+def run(params: Mapping[str, Any] | RegisterParams, inputs: Path, outputs: Path) -> dict[str, Any]:
+    typed = parse_params(RegisterParams, params)
+    base = run_root_from(typed)
+    evaluated = typed.evaluate_result
 
     bundle_dir, card_dir = inputs / "bundle", inputs / "card"
     for directory in (bundle_dir, card_dir):
         if not directory.is_dir():
             raise StepError(f"input artifact {directory} is missing: run the evaluate step first")
     local = bundle_digest(bundle_dir)
-    if local != evaluate.get("sha256"):
+    if local != evaluated.sha256:
         raise StepError(
             f"bundle digest {local} does not match the evaluate step's sha256 "
-            f"{evaluate.get('sha256')}: the bundle changed after evaluation"
+            f"{evaluated.sha256}: the bundle changed after evaluation"
         )
 
     bundle_uri, card_uri = f"{base}/bundle", f"{base}/card"
@@ -57,9 +60,7 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
         raise RuntimeError(f"bundle copied to {bundle_uri} has digest {copied}, expected {local}")
 
     try:
-        model = model_manifest(
-            params, spec, evaluate, ingest, bundle_uri, f"{card_uri}/{MODEL_CARD}"
-        )
+        model = model_manifest(typed, bundle_uri, f"{card_uri}/{MODEL_CARD}")
     except ValidationError as error:
         problems = "; ".join(describe_validation_error(error))
         raise StepError(f"cannot build the Model: {problems}") from None
@@ -109,53 +110,42 @@ def remote_digest(fs: fsspec.AbstractFileSystem, root: str) -> str:
     return digest.hexdigest()
 
 
-def model_manifest(
-    params: dict[str, Any],
-    spec: Any,
-    evaluate: dict[str, Any],
-    ingest: dict[str, Any],
-    artifact_uri: str,
-    card_uri: str,
-) -> Model:
-    experiment, workflow = params.get("experiment", ""), params.get("workflow", "")
-    validate = params.get("validate") or {}
-    search = params.get("search") or {}
+def model_manifest(params: RegisterParams, artifact_uri: str, card_uri: str) -> Model:
+    """The Model manifest of this run's version, from the earlier steps' results."""
+    spec, experiment, workflow = params.spec, params.experiment, params.workflow
+    ingested, validated = params.ingest_result, params.validate_result
+    evaluated, searched = params.evaluate_result, params.search_result
     target = spec.model
     labels = {**(target.labels if target else {}), "aiml024.io/experiment": experiment}
-    fingerprint = ingest.get("fingerprint")
-    if not fingerprint:
-        raise StepError("the ingest result carries no dataset fingerprint: lineage needs it")
     canonical = json.dumps(spec.wire(), sort_keys=True, separators=(",", ":"))
-    pii = validate.get("pii") or {}
+    pii = validated.pii
     return Model(
         metadata={"name": target.name if target else f"{experiment}-model", "labels": labels},
         spec=ModelSpec(
-            source=ModelSource(
-                experiment=experiment, workflow=workflow, trial=evaluate.get("trial")
-            ),
+            source=ModelSource(experiment=experiment, workflow=workflow, trial=evaluated.trial),
             task=spec.task,
             stage="staging",
             owner=labels.get("owner"),
         ),
         status=ModelStatus(
             artifact_uri=artifact_uri,
-            sha256=evaluate["sha256"],
-            metrics=evaluate.get("metrics", {}),
-            baseline_metrics=evaluate.get("baselineMetrics", {}),
-            primary_metric=evaluate.get("primaryMetric"),
+            sha256=evaluated.sha256,
+            metrics=evaluated.metrics,
+            baseline_metrics=evaluated.baseline_metrics,
+            primary_metric=evaluated.primary_metric,
             evidence=Evidence(
                 model_card_uri=card_uri,
-                model_card_complete=bool(evaluate.get("cardComplete")),
+                model_card_complete=evaluated.card_complete,
                 pii_columns=sorted(pii),
-                pii_action=validate.get("piiAction") if pii else None,
-                calibration=evaluate.get("calibration", {}),
+                pii_action=validated.pii_action if pii else None,
+                calibration=evaluated.calibration,
             ),
-            leaderboard=_leaderboard(search.get("leaderboard") or []),
+            leaderboard=_leaderboard(searched.leaderboard),
             lineage=Lineage(
-                dataset_uri=ingest.get("uri") or spec.data.uri or "",
-                dataset_fingerprint=fingerprint,
+                dataset_uri=ingested.uri,
+                dataset_fingerprint=ingested.fingerprint,
                 spec_hash=hashlib.sha256(canonical.encode()).hexdigest(),
-                code_version=params.get("codeVersion") or "",
+                code_version=params.code_version,
                 experiment=experiment,
                 workflow=workflow,
                 seed=spec.search.seed,
@@ -164,12 +154,5 @@ def model_manifest(
     )
 
 
-def _leaderboard(rows: list[dict[str, Any]], limit: int = 10) -> list[LeaderboardEntry]:
-    return [LeaderboardRow.model_validate(row).entry() for row in rows[:limit]]
-
-
-def _required(params: dict[str, Any], key: str) -> dict[str, Any]:
-    value = params.get(key)
-    if not isinstance(value, dict):
-        raise StepError(f"params carry no '{key}' result: the workflow must pass it to register")
-    return value
+def _leaderboard(rows: list[LeaderboardRow], limit: int = 10) -> list[LeaderboardEntry]:
+    return [row.entry() for row in rows[:limit]]

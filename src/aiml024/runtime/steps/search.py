@@ -4,79 +4,71 @@ Inputs: `clean` (parquet). Outputs: `search/` holding study.journal (unless para
 names another storage), split.json, leaderboard.json and oof/trial-<n>.npy (out-of-fold
 predictions of the top trials).
 
-Three roles, chosen by params:
+Params: api.step_params.SearchParams. Three roles, chosen by them:
 
 - no `worker` and no `merge`: one process runs the whole study (the default; with
   spec.search.parallelism > 1 it runs that many Optuna threads);
 - `"worker": i` (spec.search.parallelism = N workers): run this worker's share of the trial cap
   (`worker_quota`) on the shared study until the time budget; every finished trial's
-  out-of-fold predictions go to the shared search directory (`shared_dir`). Writes a small
-  result (trials this worker finished), no artifact;
+  out-of-fold predictions go to the shared search directory (`shared_dir`). Writes a
+  SearchWorkerResult (trials this worker finished), no artifact;
 - `"merge": true`: after every worker, rebuild the leaderboard and the ensemble from all the
   workers' trials and write the usual `search/` artifact and SearchResult.
 
-The shared search directory is `params.searchShared`, else `<run root>/search` (any fsspec
-location; the run root is aiml024.api.steps.run_root, unique per namespace and Experiment uid). The study is
-`params.studyStorage` (PostgreSQL in a cluster); when that is empty the workers share a journal
+The shared search directory is `searchShared`, else `<run root>/search` (any fsspec location;
+the run root is aiml024.api.steps.run_root, unique per namespace and Experiment uid). The study
+is `studyStorage` (PostgreSQL in a cluster); when that is empty the workers share a journal
 file (with a lock) in the shared directory, which must then be on a local filesystem.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from optuna.trial import TrialState
 
 from aiml024.api import ExperimentSpec
 from aiml024.api.experiment import Trial
-from aiml024.api.steps import LeaderboardRow, SearchResult
+from aiml024.api.step_params import SearchParams
+from aiml024.api.steps import LeaderboardRow, SearchResult, SearchWorkerResult
 
 from .. import available_cpus, emit_event, portfolio, step_clock
-from ..search import (
-    DataError,
-    Searcher,
-    SearchOutcome,
-    Split,
-    TrainingData,
-    create_study,
-    enqueue_warm_start,
-    make_split,
-    open_storage,
-    records_from_study,
-    refit_seconds,
-    split_document,
-    top_k,
-    training_data,
-    worker_quota,
-)
-from . import StepError, run_root_from, spec_from, study_name
+from ..artifacts import LEADERBOARD_FILE, OOF_DIR, SEARCH, SPLIT_FILE, oof_file, write_json
+from ..budget import refit_seconds
+from ..search import Searcher, SearchOutcome, records_from_study, top_k
+from ..splits import Split, make_split, split_document
+from ..study import create_study, enqueue_warm_start, open_storage, worker_quota
+from ..training import TrainingData, load_training
+from . import StepError, parse_params, run_root_from, study_name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-SPLIT_FILE = "split.json"
-LEADERBOARD_FILE = "leaderboard.json"
 
 
-def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
+def run(params: Mapping[str, Any] | SearchParams, inputs: Path, outputs: Path) -> dict[str, Any]:
     # The budget counts from the process start (the dispatcher's clock): imports included.
     started = step_clock()
-    spec = spec_from(params)
-    if params.get("worker") is not None:
-        return run_worker(params, spec, inputs, started)
-    out = outputs / "search"
+    typed = parse_params(SearchParams, params)
+    if typed.worker is not None:
+        return run_worker(typed, typed.worker, inputs, started)
+    return run_search(typed, inputs, outputs / SEARCH, started)
+
+
+def run_search(params: SearchParams, inputs: Path, out: Path, started: float) -> dict[str, Any]:
+    """The whole study in this process, or (`merge`) the merge of the workers' trials."""
+    spec = params.spec
     out.mkdir(parents=True, exist_ok=True)
-    clean, data = load_training(params, spec, inputs)
-    split = _split(data, spec)
+    clean, data = load_training(inputs, spec, params.validate_result)
+    split = make_split(data, spec)
     id_values = clean[spec.id_column] if spec.id_column in clean.columns else None
     write_json(out / SPLIT_FILE, split_document(split, data, id_values))
-    if params.get("merge"):
-        return run_merge(params, spec, data, split, out, started)
+    if params.merge:
+        return run_merge(params, data, split, out, started)
 
-    storage = open_storage(params.get("studyStorage") or None, out / "study.journal")
+    storage = open_storage(params.study_storage or None, out / "study.journal")
     study = create_study(spec, storage, study_name(params), spec.split.folds)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     if spec.search.warm_start:
@@ -89,18 +81,11 @@ def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
     return finish(spec, data, split, outcome, out, started)
 
 
-def _split(data: TrainingData, spec: ExperimentSpec) -> Split:
-    try:
-        return make_split(data, spec)
-    except DataError as error:
-        raise StepError(str(error)) from None
-
-
-def shared_dir(params: dict[str, Any]) -> str:
+def shared_dir(params: SearchParams) -> str:
     """Where the workers put what the merge reads (an fsspec URI or a path)."""
-    if params.get("searchShared"):
-        return str(params["searchShared"])
-    return f"{run_root_from(params)}/search"
+    if params.search_shared:
+        return params.search_shared
+    return f"{run_root_from(params)}/{SEARCH}"
 
 
 def _fs(uri: str) -> tuple[Any, str]:
@@ -110,11 +95,11 @@ def _fs(uri: str) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
-def shared_storage(params: dict[str, Any]) -> Any:
+def shared_storage(params: SearchParams) -> Any:
     """The study every worker shares: params.studyStorage, else a locked journal file in the
     shared directory (a local filesystem only: a journal cannot be locked on object storage)."""
-    if params.get("studyStorage"):
-        return open_storage(params["studyStorage"], Path("unused"))
+    if params.study_storage:
+        return open_storage(params.study_storage, Path("unused"))
     fs, root = _fs(shared_dir(params))
     if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         raise StepError(
@@ -124,15 +109,13 @@ def shared_storage(params: dict[str, Any]) -> Any:
     return open_storage(f"journal://{root}/study.journal", Path("unused"))
 
 
-def run_worker(
-    params: dict[str, Any], spec: ExperimentSpec, inputs: Path, started: float
-) -> dict[str, Any]:
+def run_worker(params: SearchParams, worker: int, inputs: Path, started: float) -> dict[str, Any]:
     """One of N workers on the shared study; see the module docstring."""
-    worker, workers = int(params["worker"]), spec.search.parallelism
+    spec, workers = params.spec, params.spec.search.parallelism
     if not 0 <= worker < workers:
         raise StepError(f"worker {worker} is outside 0..{workers - 1} (spec.search.parallelism)")
-    _, data = load_training(params, spec, inputs)
-    split = _split(data, spec)
+    _, data = load_training(inputs, spec, params.validate_result)
+    split = make_split(data, spec)
     storage = shared_storage(params)
     study = create_study(spec, storage, study_name(params), spec.split.folds, worker=worker)
     mine = [
@@ -146,10 +129,10 @@ def run_worker(
             study, kind, spec.search.learners, spec.search.trials, worker=worker, workers=workers
         )
     fs, root = _fs(shared_dir(params))
-    fs.makedirs(f"{root}/oof", exist_ok=True)
+    fs.makedirs(f"{root}/{OOF_DIR}", exist_ok=True)
 
     def save_oof(number: int, oof: np.ndarray) -> None:
-        with fs.open(f"{root}/oof/trial-{number}.npy", "wb") as handle:
+        with fs.open(f"{root}/{OOF_DIR}/{oof_file(number)}", "wb") as handle:
             np.save(handle, oof)
 
     threads = max(1, available_cpus() // workers)
@@ -165,21 +148,20 @@ def run_worker(
         if t.user_attrs.get("worker") == worker
     ]
     states = [t.state for t in done]
-    return {
-        "worker": worker,
-        "workers": workers,
-        "quota": quota,
-        "trials": sorted(t.number for t in done),
-        "trialsCompleted": states.count(TrialState.COMPLETE),
-        "trialsPruned": states.count(TrialState.PRUNED),
-        "trialsFailed": states.count(TrialState.FAIL),
-        "elapsedSeconds": round(time.monotonic() - started, 3),
-    }
+    return SearchWorkerResult(
+        worker=worker,
+        workers=workers,
+        quota=quota,
+        trials=sorted(t.number for t in done),
+        trials_completed=states.count(TrialState.COMPLETE),
+        trials_pruned=states.count(TrialState.PRUNED),
+        trials_failed=states.count(TrialState.FAIL),
+        elapsed_seconds=round(time.monotonic() - started, 3),
+    ).wire()
 
 
 def run_merge(
-    params: dict[str, Any],
-    spec: ExperimentSpec,
+    params: SearchParams,
     data: TrainingData,
     split: Split,
     out: Path,
@@ -188,6 +170,7 @@ def run_merge(
     """Leaderboard and ensemble from every worker's trials; copies the journal (if any)."""
     import optuna
 
+    spec = params.spec
     storage = shared_storage(params)
     try:
         study = optuna.load_study(study_name=study_name(params), storage=storage)
@@ -197,7 +180,7 @@ def run_merge(
 
     def load_oof(number: int) -> np.ndarray | None:
         try:
-            with fs.open(f"{root}/oof/trial-{number}.npy", "rb") as handle:
+            with fs.open(f"{root}/{OOF_DIR}/{oof_file(number)}", "rb") as handle:
                 return np.asarray(np.load(handle))
         except FileNotFoundError:
             return None
@@ -205,7 +188,7 @@ def run_merge(
     searcher = Searcher(data, split, spec)
     records = records_from_study(study, searcher.direction, load_oof, keep=top_k(spec))
     outcome = searcher.outcome(study, records)
-    if not params.get("studyStorage") and fs.exists(f"{root}/study.journal"):
+    if not params.study_storage and fs.exists(f"{root}/study.journal"):
         fs.get(f"{root}/study.journal", str(out / "study.journal"))
     return finish(spec, data, split, outcome, out, started)
 
@@ -241,18 +224,18 @@ def finish(
                 "searchSeconds": round(time.monotonic() - started, 3),
                 "remainingSeconds": round(max(0.0, started + budget - time.monotonic()), 3),
                 "refitSeconds": {
-                    str(r.number): round(refit_seconds(r), 3)
+                    str(r.number): round(refit_seconds(r.fit_seconds), 3)
                     for r in outcome.records
                     if r.number in in_board and r.fit_seconds is not None
                 },
             },
         },
     )
-    (out / "oof").mkdir(exist_ok=True)
+    (out / OOF_DIR).mkdir(exist_ok=True)
     for row in rows:
         if row.trial is not None:
             record = next(r for r in outcome.records if r.number == row.trial)
-            np.save(out / "oof" / f"trial-{row.trial}.npy", record.oof)
+            np.save(out / OOF_DIR / oof_file(row.trial), record.oof)
     best = outcome.records[0]
     return SearchResult(
         trials_completed=outcome.completed,
@@ -312,40 +295,3 @@ def leaderboard(outcome: SearchOutcome, size: int) -> list[LeaderboardRow]:
     # Ties go to the ensemble's members' simpler form: the single trial ranks first.
     candidates.sort(key=lambda c: (sign * c["value"], c["name"] == "ensemble", c.get("trial", 0)))
     return [LeaderboardRow(rank=i + 1, **c) for i, c in enumerate(candidates)]
-
-
-def load_training(
-    params: dict[str, Any], spec: ExperimentSpec, inputs: Path
-) -> tuple[pd.DataFrame, TrainingData]:
-    """The clean table and its labelled rows, typed by the validate step's result."""
-    clean = read_parquet(inputs / "clean")
-    validate = params.get("validate") or {}
-    declared = [
-        c["value"] if isinstance(c, dict) else c for c in validate.get("targetClasses") or []
-    ]
-    try:
-        data = training_data(clean, spec, validate.get("types"), declared)
-    except DataError as error:
-        raise StepError(str(error)) from None
-    return clean, data
-
-
-def read_parquet(path: Path) -> pd.DataFrame:
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if not files:
-            raise StepError(f"input artifact {path} holds no parquet file")
-        path = files[0]
-    if not path.exists():
-        raise StepError(f"input artifact {path} is missing")
-    return pd.read_parquet(path)
-
-
-def write_json(path: Path, document: Any) -> None:
-    path.write_text(json.dumps(document, indent=1, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import pandas as pd
 
 from aiml024.api import ExperimentSpec
 from aiml024.api.data_steps import ClassCount, ValidateResult
-from aiml024.runtime.data import ColumnType, infer_types, write_parquet
-from aiml024.runtime.pii import detect_pii, mask_frame
-from aiml024.runtime.steps import StepError, spec_from
+from aiml024.api.step_params import ValidateParams
+
+from ..data import ColumnType, infer_types, write_parquet
+from ..pii import detect_pii, mask_frame
+from . import StepError, parse_params
 
 DATASET = "dataset"
 CLEAN_FILE = "clean"
@@ -307,8 +310,8 @@ def dataset_path(inputs: Path) -> Path:
     raise StepError(f"validate needs the ingest artifact at {artifact}, which is missing")
 
 
-def run(params: dict[str, Any], inputs: Path, outputs: Path) -> dict[str, Any]:
-    spec = spec_from(params)
+def run(params: Mapping[str, Any] | ValidateParams, inputs: Path, outputs: Path) -> dict[str, Any]:
+    spec = parse_params(ValidateParams, params).spec
     path = dataset_path(inputs)
     try:
         df = pd.read_parquet(path)
