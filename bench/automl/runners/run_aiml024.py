@@ -71,6 +71,9 @@ class Pipeline:
     def params(self, spec: dict[str, Any]) -> dict[str, Any]:
         return {
             "experiment": "bench",
+            # The run's identity names its artifact paths and study (api.steps.run_root).
+            "namespace": "default",
+            "experimentUid": f"bench-{self.job.seed}",
             "spec": spec,
             "artifactStore": (self.job.work / "store").as_uri(),
             "studyStorage": "",
