@@ -149,20 +149,11 @@ class ApprovalStatement(Strict):
 
 
 class SignedApproval(ApprovalStatement):
-    """A statement with the id of the key that signed it and the signature (base64)."""
+    """A statement with the id of the key that signed it and the signature (base64). Its
+    `canonical_bytes` are the statement's alone: the key id and signature are not signed."""
 
     key_id: str = Field(max_length=64)
     signature: str = Field(max_length=128)
-
-    def statement(self) -> ApprovalStatement:
-        return ApprovalStatement(
-            model=self.model,
-            namespace=self.namespace,
-            sha256=self.sha256,
-            stage=self.stage,
-            at=self.at,
-            comment=self.comment,
-        )
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -685,7 +676,7 @@ def _verify(
     if len(raw) != 64:
         return None, f"{who}: the signature is not an Ed25519 signature"
     try:
-        entry.public().verify(raw, signed.statement().canonical_bytes())
+        entry.public().verify(raw, signed.canonical_bytes())
     except InvalidSignature:
         return None, (
             f"{who}: bad signature for model {signed.namespace}/{signed.model}, "

@@ -60,7 +60,9 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")  # created by Debian's postgresql package
         os.chown(root, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
+        # runuser lives in /usr/sbin, which a non-login PATH may lack.
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        as_user = [runuser or "runuser", "-u", "postgres", "--"]
     data, port = root / "data", _free_port()
     subprocess.run(
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "optuna", "--auth=trust",

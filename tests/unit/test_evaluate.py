@@ -13,7 +13,7 @@ import pytest
 from tests.unit.test_search import TYPES, churn_like, spec, step_params, validate_result
 
 from aiml024.api.step_params import EvaluateParams
-from aiml024.api.steps import SearchResult
+from aiml024.api.steps import Leaderboard, LeaderboardRow, RefitBudget, SearchResult
 from aiml024.runtime.budget import fit_budget
 from aiml024.runtime.bundle import bundle_digest, load_bundle
 from aiml024.runtime.steps import StepError, parse_params
@@ -138,25 +138,42 @@ def test_regression_evaluates_rmse_mae_r2(tmp_path: Path) -> None:
 def test_ensemble_members_that_would_overrun_the_budget_are_dropped() -> None:
     import time
 
-    board: list[dict[str, Any]] = [
-        {"rank": 1, "name": "ensemble", "learner": "ensemble", "value": 0.9,
-         "members": ["lightgbm#0", "xgboost#1", "xgboost#2"], "weights": [0.5, 0.3, 0.2]},
-        {"rank": 2, "name": "lightgbm", "learner": "lightgbm", "value": 0.88, "trial": 0},
-        {"rank": 3, "name": "xgboost", "learner": "xgboost", "value": 0.87, "trial": 1},
-        {"rank": 4, "name": "xgboost", "learner": "xgboost", "value": 0.86, "trial": 2},
+    board = [
+        LeaderboardRow(rank=1, name="ensemble", learner="ensemble", value=0.9,
+                       members=["lightgbm#0", "xgboost#1", "xgboost#2"], weights=[0.5, 0.3, 0.2]),
+        LeaderboardRow(rank=2, name="lightgbm", learner="lightgbm", value=0.88, trial=0),
+        LeaderboardRow(rank=3, name="xgboost", learner="xgboost", value=0.87, trial=1),
+        LeaderboardRow(rank=4, name="xgboost", learner="xgboost", value=0.86, trial=2),
     ]  # fmt: skip
-    trials = {row["trial"]: row for row in board if "trial" in row}
-    refits = {"0": 1.0, "1": 2.0, "2": 30.0}
-    budget = {"remainingSeconds": 6.0, "refitSeconds": refits}
-    dropped = fit_budget(board, trials, budget, time.monotonic())
+    budget = RefitBudget(
+        time_budget_seconds=60, search_seconds=54, remaining_seconds=6.0,
+        refit_seconds={"0": 1.0, "1": 2.0, "2": 30.0},
+    )  # fmt: skip
+    dropped = fit_budget(board, budget, time.monotonic())
     assert dropped == ["xgboost#2"]
-    assert board[0]["members"] == ["lightgbm#0", "xgboost#1"]
-    assert board[0]["weights"] == pytest.approx([0.625, 0.375])
+    assert board[0].members == ["lightgbm#0", "xgboost#1"]
+    assert board[0].weights == pytest.approx([0.625, 0.375])
     # Time for one member only: the ensemble gives way to the single trials.
-    dropped = fit_budget(board, trials, {**budget, "remainingSeconds": 1.0}, time.monotonic())
-    assert dropped == ["xgboost#1"] and all(row["name"] != "ensemble" for row in board)
+    less = budget.model_copy(update={"remaining_seconds": 1.0})
+    dropped = fit_budget(board, less, time.monotonic())
+    assert dropped == ["xgboost#1"] and all(row.name != "ensemble" for row in board)
     # Time enough, or no budget from the search: nothing changes.
-    assert fit_budget(board, trials, None, time.monotonic()) == []
+    assert fit_budget(board, None, time.monotonic()) == []
+
+
+def test_a_renamed_leaderboard_field_fails_evaluate_loudly(tmp_path: Path) -> None:
+    """search/leaderboard.json is read as api.steps.Leaderboard: no default for a lost field."""
+    from aiml024.runtime.artifacts import read_model
+
+    board = Leaderboard(
+        metric="maximize_auc",
+        rows=[LeaderboardRow(rank=1, name="lightgbm", learner="lightgbm", value=0.8, trial=0)],
+    ).wire()
+    board["rows"][0]["bestIter"] = board["rows"][0].pop("value")
+    (tmp_path / "leaderboard.json").write_text(json.dumps(board))
+    with pytest.raises(StepError) as failed:
+        read_model(tmp_path / "leaderboard.json", Leaderboard, "search")
+    assert "rows[0].value" in str(failed.value) and "bestIter" in str(failed.value)
 
 
 def test_same_seed_data_and_spec_give_the_same_bundle_digest(tmp_path: Path) -> None:

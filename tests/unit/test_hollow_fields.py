@@ -727,7 +727,8 @@ def test_data_format_overrides_the_suffix(tmp_path: Path) -> None:
 
 
 def test_split_settings_shape_the_holdout_and_folds() -> None:
-    from aiml024.runtime.search import make_split, training_data
+    from aiml024.runtime.splits import make_split
+    from aiml024.runtime.training import training_data
 
     frame = _frame()
     random = _spec(split={"folds": 4, "holdoutFraction": 0.25})
@@ -749,7 +750,7 @@ def test_split_settings_shape_the_holdout_and_folds() -> None:
 def test_sampler_and_objective_make_the_study(sampler: str) -> None:
     import optuna
 
-    from aiml024.runtime.search import create_study
+    from aiml024.runtime.study import create_study
 
     classes = {
         "tpe": optuna.samplers.TPESampler,
@@ -766,7 +767,10 @@ def test_sampler_and_objective_make_the_study(sampler: str) -> None:
 
 def test_learners_and_patience_reach_every_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     from aiml024.runtime import search
-    from aiml024.runtime.search import Searcher, create_study, make_split, training_data
+    from aiml024.runtime.search import Searcher
+    from aiml024.runtime.splits import make_split
+    from aiml024.runtime.study import create_study
+    from aiml024.runtime.training import training_data
 
     seen: list[tuple[str, int]] = []
 
@@ -788,7 +792,9 @@ def test_learners_and_patience_reach_every_fit(monkeypatch: pytest.MonkeyPatch) 
 def test_ensemble_settings_choose_the_blend() -> None:
     import optuna
 
-    from aiml024.runtime.search import Searcher, TrialRecord, make_split, top_k, training_data
+    from aiml024.runtime.search import Searcher, TrialRecord, top_k
+    from aiml024.runtime.splits import make_split
+    from aiml024.runtime.training import training_data
 
     def outcome(**ensemble: Any) -> Any:
         spec = _spec(search={"ensemble": ensemble})
@@ -812,7 +818,7 @@ def test_ensemble_settings_choose_the_blend() -> None:
 
 
 def test_feature_settings_reach_the_featurizer() -> None:
-    from aiml024.runtime.search import make_featurizer
+    from aiml024.runtime.training import make_featurizer
 
     spec = _spec(
         features={

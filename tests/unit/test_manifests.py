@@ -239,6 +239,19 @@ def test_images_share_pinned_dependencies_and_split_extras() -> None:
     assert "kopf==" in pinned and "lightgbm==" in pinned
 
 
+def test_the_operator_image_carries_every_policy_its_pin_names() -> None:
+    """The image's default policy set must pass its own pin, or every gate would deny."""
+    operator = (REPO / "docker" / "operator.Dockerfile").read_text()
+    copied = {
+        Path(source).name
+        for line in operator.splitlines()
+        if line.startswith("COPY policies/")
+        for source in line.split()[1:-1]
+    }
+    pin = json.loads((REPO / "policies" / "policy-pin.json").read_text())
+    assert {*pin["modules"], "data.json", "policy-pin.json"} <= copied
+
+
 def test_operator_extra_carries_no_ml_and_runtime_no_kopf() -> None:
     import tomllib
 

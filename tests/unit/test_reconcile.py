@@ -350,7 +350,11 @@ def test_the_registered_model_takes_only_evidence_from_the_record() -> None:
 def test_a_record_naming_artifacts_outside_its_run_is_refused() -> None:
     exp = experiment()
     exp.metadata.namespace, exp.metadata.uid = "ml", "uid-1"
-    for forged in ("s3://store/other-ns/churn/uid-9/churn-g1/bundle", "s3://evil/bundle"):
+    for forged in (
+        "s3://store/other-ns/churn/uid-9/churn-g1/bundle",
+        "s3://evil/bundle",
+        "s3://store/ml/churn/uid-1/churn-g1/../../uid-0/churn-g1/bundle",
+    ):
         with pytest.raises(SpecError, match="is not under this run's artifacts"):
             experiment_rules.model_to_register(
                 exp, record(exp, artifactUri=forged), "s3://store", "churn-g1"

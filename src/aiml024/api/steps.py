@@ -37,6 +37,25 @@ class LeaderboardRow(Strict):
         )
 
 
+class RefitBudget(Strict):
+    """What evaluate may still spend of timeBudgetSeconds (counted from its own start), and
+    each leaderboard trial's estimated refit seconds, by trial number."""
+
+    time_budget_seconds: float
+    search_seconds: float
+    remaining_seconds: float
+    refit_seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class Leaderboard(Strict):
+    """search/leaderboard.json: the ranked candidates search hands to evaluate."""
+
+    metric: str = Field(description="The objective, e.g. maximize_auc.")
+    classes: list[Any] = Field(default_factory=list)
+    rows: list[LeaderboardRow]
+    budget: RefitBudget | None = None
+
+
 class SearchResult(Strict):
     trials_completed: int
     trials_pruned: int = 0

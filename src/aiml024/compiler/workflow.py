@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiml024.api import Experiment
-from aiml024.api.common import DEFAULT_NAMESPACE
+from aiml024.api.common import DEFAULT_NAMESPACE, EXPERIMENT_LABEL, GENERATION_LABEL
 from aiml024.api.experiment import SUPPORTED_TASKS, Resources
 from aiml024.api.step_params import PARAMS, STEPS, StepName, earlier_steps
 
@@ -247,8 +247,8 @@ def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -
         )
     generation = exp.metadata.generation or 1
     labels = {
-        "aiml024.io/experiment": exp.metadata.name,
-        "aiml024.io/generation": str(generation),
+        EXPERIMENT_LABEL: exp.metadata.name,
+        GENERATION_LABEL: str(generation),
         **MANAGED_BY,
     }
     metadata: dict[str, Any] = {"name": workflow_name(exp)}

@@ -37,9 +37,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ..reconcile.clock import now
 
 CONTAINER_ROOT = "/aiml024/"
 _EXPRESSION = re.compile(r"{{\s*([^{}]+?)\s*}}")
@@ -130,7 +131,7 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_supported(workflow: dict[str, Any]) -> None:

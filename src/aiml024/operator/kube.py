@@ -279,6 +279,21 @@ class Kube:
             raise ValueError(f"{res.kind}: the operator reads core objects only through get()")
         return res.namespaced and bool(namespace)
 
+    async def _custom_call(
+        self, verb: str, res: Res, namespace: str | None, *rest: Any, sub: str = "", **options: Any
+    ) -> Any:
+        """CustomObjectsApi's `<verb>_namespaced_custom_object[_<sub>]`, or the `_cluster_` one
+        when `res` is cluster-wide or no namespace is given; `rest` follows the plural."""
+        custom = self._custom()
+        suffix = f"_{sub}" if sub else ""
+        if self._scoped(res, namespace):
+            method = getattr(custom, f"{verb}_namespaced_custom_object{suffix}")
+            head: tuple[Any, ...] = (res.group, res.version, namespace, res.plural)
+        else:
+            method = getattr(custom, f"{verb}_cluster_custom_object{suffix}")
+            head = (res.group, res.version, res.plural)
+        return await self._call(method, *head, *rest, **options)
+
     async def get(self, res: Res, namespace: str | None, name: str) -> Obj | None:
         try:
             if res is NAMESPACES:
@@ -286,44 +301,19 @@ class Kube:
                 found = await self._call(k8s.CoreV1Api(api).read_namespace, name)
                 namespace_obj: Obj = api.sanitize_for_serialization(found)
                 return namespace_obj
-            custom = self._custom()
-            if self._scoped(res, namespace):
-                return await self._call(  # type: ignore[no-any-return]
-                    custom.get_namespaced_custom_object,
-                    res.group, res.version, namespace, res.plural, name,
-                )  # fmt: skip
-            return await self._call(  # type: ignore[no-any-return]
-                custom.get_cluster_custom_object, res.group, res.version, res.plural, name
-            )
+            return await self._custom_call("get", res, namespace, name)  # type: ignore[no-any-return]
         except NotFound:
             return None
 
     async def list(self, res: Res, namespace: str | None = None, selector: str = "") -> Objs:
-        custom = self._custom()
         options = {"label_selector": selector} if selector else {}
-        if self._scoped(res, namespace):
-            answer = await self._call(
-                custom.list_namespaced_custom_object,
-                res.group, res.version, namespace, res.plural, **options,
-            )  # fmt: skip
-        else:
-            answer = await self._call(
-                custom.list_cluster_custom_object, res.group, res.version, res.plural, **options
-            )
+        answer = await self._custom_call("list", res, namespace, **options)
         items: Objs = answer.get("items") or []
         return items
 
     async def create(self, res: Res, manifest: Obj) -> Obj:
-        custom = self._custom()
         namespace = manifest["metadata"].get("namespace")
-        if self._scoped(res, namespace):
-            return await self._call(  # type: ignore[no-any-return]
-                custom.create_namespaced_custom_object,
-                res.group, res.version, namespace, res.plural, manifest,
-            )  # fmt: skip
-        return await self._call(  # type: ignore[no-any-return]
-            custom.create_cluster_custom_object, res.group, res.version, res.plural, manifest
-        )
+        return await self._custom_call("create", res, namespace, manifest)  # type: ignore[no-any-return]
 
     async def ensure(self, res: Res, manifest: Obj) -> tuple[Obj, bool]:
         """Create unless it exists (AlreadyExists is success): (the object, whether created)."""
@@ -359,15 +349,9 @@ class Kube:
     async def _patch(
         self, res: Res, namespace: str | None, name: str, body: Any, content_type: str, sub: str
     ) -> Obj:
-        custom = self._custom()
-        suffix = f"_{sub}" if sub else ""
-        if self._scoped(res, namespace):
-            method = getattr(custom, f"patch_namespaced_custom_object{suffix}")
-            args: tuple[Any, ...] = (res.group, res.version, namespace, res.plural, name, body)
-        else:
-            method = getattr(custom, f"patch_cluster_custom_object{suffix}")
-            args = (res.group, res.version, res.plural, name, body)
-        return await self._call(method, *args, _content_type=content_type)  # type: ignore[no-any-return]
+        return await self._custom_call(  # type: ignore[no-any-return]
+            "patch", res, namespace, name, body, sub=sub, _content_type=content_type
+        )
 
     async def merge_patch(
         self, res: Res, namespace: str | None, name: str, patch: Obj, sub: str | None = None
@@ -401,17 +385,8 @@ class Kube:
         return await self.merge_patch(res, meta.get("namespace"), meta["name"], patch, "status")
 
     async def delete(self, res: Res, namespace: str | None, name: str) -> None:
-        custom = self._custom()
         try:
-            if self._scoped(res, namespace):
-                await self._call(
-                    custom.delete_namespaced_custom_object,
-                    res.group, res.version, namespace, res.plural, name,
-                )  # fmt: skip
-            else:
-                await self._call(
-                    custom.delete_cluster_custom_object, res.group, res.version, res.plural, name
-                )
+            await self._custom_call("delete", res, namespace, name)
         except NotFound:
             pass
 

@@ -196,7 +196,7 @@ def model_to_register(
             ("artifactUri", evidence.artifact_uri),
             ("evidence.modelCardUri", evidence.evidence.model_card_uri),
         )
-        if not uri or not uri.startswith(root)
+        if not _under(uri, root)
     ]
     if not evidence.sha256:
         problems.append("sha256 is missing")
@@ -236,6 +236,14 @@ def model_to_register(
             lineage=evidence.lineage,
         ),
     )
+
+
+def _under(uri: str | None, root: str) -> bool:
+    """Whether `uri` names something inside `root` (which ends in "/"), with no `.` or `..`
+    segment that could lead back out of it."""
+    if not uri or not uri.startswith(root):
+        return False
+    return not {".", ".."} & set(uri[len(root) :].split("/"))
 
 
 def registration_conflict(existing: Model, wanted: Model) -> str | None:

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from aiml024.api import describe_validation_error
 
 from .errors import StepError
+
+M = TypeVar("M", bound=BaseModel)
 
 CLEAN = "clean"  # validate -> search, evaluate: the clean table (Parquet)
 SEARCH = "search"  # search -> evaluate: the directory below
 SPLIT_FILE = "split.json"  # the holdout and fold rows (splits.split_document)
-LEADERBOARD_FILE = "leaderboard.json"  # the ranked candidates and what is left of the budget
+LEADERBOARD_FILE = "leaderboard.json"  # api.steps.Leaderboard: ranked candidates, budget left
 OOF_DIR = "oof"  # trial-<n>.npy: out-of-fold predictions of the leaderboard's trials
 
 
@@ -43,6 +48,18 @@ def read_json(path: Path, producer: str) -> Any:
     if not path.exists():
         raise StepError(f"input artifact {path} is missing: run the {producer} step first")
     return json.loads(path.read_text())
+
+
+def read_model(path: Path, model: type[M], producer: str) -> M:
+    """A JSON artifact as its typed `model`; a missing or mistyped field is a StepError naming
+    the file and the field (a renamed field fails here, never falls into a default)."""
+    try:
+        return model.model_validate(read_json(path, producer))
+    except ValidationError as error:
+        problems = "; ".join(describe_validation_error(error))
+        raise StepError(
+            f"input artifact {path} is not a valid {model.__name__}: {problems}"
+        ) from None
 
 
 def write_json(path: Path, document: Any) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+
+from aiml024.api.steps import LeaderboardRow, RefitBudget
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +31,29 @@ def refit_seconds(fit_seconds: float | None) -> float:
 
 
 def fit_budget(
-    board: list[dict[str, Any]],
-    trials: dict[int, dict[str, Any]],
-    budget: dict[str, Any] | None,
-    started: float,
+    board: list[LeaderboardRow], budget: RefitBudget | None, started: float
 ) -> list[str]:
     """Keep the refit within timeBudgetSeconds: the search left `remainingSeconds` (counted
     from this step's start). Ensemble members whose estimated refit would not fit are dropped,
     the lightest first (the remaining weights are renormalized; one left makes the ensemble
     that single trial); the ensemble row is changed in place. Returns the dropped members."""
-    ensemble = next((row for row in board if row.get("name") == "ensemble"), None)
-    if not budget or ensemble is None or "remainingSeconds" not in budget:
+    ensemble = next((row for row in board if row.name == "ensemble"), None)
+    if budget is None or ensemble is None:
         return []
-    estimates = budget.get("refitSeconds") or {}
-    available = started + float(budget["remainingSeconds"]) - TAIL_SECONDS - time.monotonic()
-    order = sorted(range(len(ensemble["members"])), key=lambda i: -ensemble["weights"][i])
+    available = started + budget.remaining_seconds - TAIL_SECONDS - time.monotonic()
+    order = sorted(range(len(ensemble.members)), key=lambda i: -ensemble.weights[i])
     kept: list[int] = []
     spent = 0.0
     for i in order:
-        cost = float(estimates.get(ensemble["members"][i].rsplit("#", 1)[1], 0.0))
+        cost = budget.refit_seconds.get(ensemble.members[i].rsplit("#", 1)[1], 0.0)
         if not kept or spent + cost <= available:
             kept.append(i)
             spent += cost
     if len(kept) == len(order):
         return []
-    dropped = [ensemble["members"][i] for i in order if i not in kept]
+    dropped = [ensemble.members[i] for i in order if i not in kept]
     kept.sort()
-    total = sum(ensemble["weights"][i] for i in kept)
+    total = sum(ensemble.weights[i] for i in kept)
     log.warning(
         "refit budget: %.1fs left; dropped ensemble members %s (estimated refit too long)",
         available,
@@ -65,6 +62,6 @@ def fit_budget(
     if len(kept) == 1:  # the ensemble is now that trial: compete as it, not as a blend
         board.remove(ensemble)
         return dropped
-    ensemble["members"] = [ensemble["members"][i] for i in kept]
-    ensemble["weights"] = [ensemble["weights"][i] / total for i in kept]
+    ensemble.members = [ensemble.members[i] for i in kept]
+    ensemble.weights = [ensemble.weights[i] / total for i in kept]
     return dropped

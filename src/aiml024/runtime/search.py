@@ -32,9 +32,9 @@ from .budget import EVALUATE_OVERHEAD_SECONDS, refit_seconds
 from .ensemble import caruana
 from .learners import DeadlineExceeded, get_learner, infer, train
 from .metrics import parse_objective, score
-from .splits import Split, make_split
-from .study import create_study, trial_params
-from .training import TrainingData, make_featurizer, training_data
+from .splits import Split
+from .study import trial_params
+from .training import TrainingData, make_featurizer
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ __all__ = [
     "records_from_study",
     "top_k",
     "wants_log_target",
-    # Kept importable from here for callers that prepare a search in one place (tests).
-    "create_study",
-    "make_featurizer",
-    "make_split",
-    "training_data",
 ]
 
 

@@ -213,6 +213,17 @@ class Write:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One write as admission sees it; the object itself travels apart (mutating hooks change it)."""
+
+    rt: ResourceType
+    operation: str  # CREATE, UPDATE, DELETE
+    old: Obj | None
+    sub: str | None
+    write: Write
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -1126,7 +1137,7 @@ class Emulator:
         for key in _SYSTEM_META:
             meta.pop(key, None)
         self._prune(rt, obj, write)
-        obj = await self._admit(rt, "CREATE", obj, None, None, write, "mutating")
+        obj = await self._admit(Attempt(rt, "CREATE", None, None, write), obj, "mutating")
         self._prune(rt, obj, None)
         if rt.status_subresource:
             obj.pop("status", None)
@@ -1135,7 +1146,7 @@ class Emulator:
         self._prepare(rt, obj)
         self._check_valid(rt, obj)
         self._check_escalation(rt, obj, write.user)
-        obj = await self._admit(rt, "CREATE", obj, None, None, write, "validating")
+        obj = await self._admit(Attempt(rt, "CREATE", None, None, write), obj, "validating")
         key = (namespace or "", obj["metadata"]["name"])
         if key in self.store[rt.key]:
             raise ApiFailure(
@@ -1185,7 +1196,7 @@ class Emulator:
             new["apiVersion"], new["kind"] = rt.api_version, rt.kind
             self._keep_system_meta(old, new)
             self._prune(rt, new, write)
-            new = await self._admit(rt, "UPDATE", new, old, sub, write, "mutating")
+            new = await self._admit(Attempt(rt, "UPDATE", old, sub, write), new, "mutating")
             self._prune(rt, new, None)
             new = self._reset_for_subresource(rt, old, new, sub)
             self._keep_system_meta(old, new)
@@ -1193,7 +1204,7 @@ class Emulator:
             self._check_valid(rt, new, old)
             if rt.group == RBAC_GROUP and new != old:
                 self._check_escalation(rt, new, write.user)
-            new = await self._admit(rt, "UPDATE", new, old, sub, write, "validating")
+            new = await self._admit(Attempt(rt, "UPDATE", old, sub, write), new, "validating")
             current = self.store[rt.key].get((namespace or "", name))
             if current is None:
                 raise ApiFailure(404, "NotFound", f'{rt.qualified()} "{name}" not found')
@@ -1284,7 +1295,7 @@ class Emulator:
     ) -> Obj:
         old = self._get(rt, namespace, name)
         for kind in ("mutating", "validating"):
-            await self._admit(rt, "DELETE", None, old, None, write, kind)
+            await self._admit(Attempt(rt, "DELETE", old, None, write), None, kind)
         if write.dry_run:
             if old["metadata"].get("finalizers") and not old["metadata"].get("deletionTimestamp"):
                 old["metadata"]["deletionTimestamp"] = _now()
@@ -1344,39 +1355,29 @@ class Emulator:
 
     # -- admission ----------------------------------------------------------------------------
 
-    async def _admit(
-        self,
-        rt: ResourceType,
-        operation: str,
-        obj: Obj | None,
-        old: Obj | None,
-        sub: str | None,
-        write: Write,
-        kind: str,
-    ) -> Obj:
+    async def _admit(self, attempt: Attempt, obj: Obj | None, kind: str) -> Obj:
         for hook in self.webhooks:
-            if hook["type"] == kind and self._hook_matches(hook, rt, operation, sub, obj, old):
-                if write.dry_run and hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
+            if hook["type"] == kind and self._hook_matches(hook, attempt, obj):
+                if attempt.write.dry_run and hook.get("sideEffects") not in (
+                    "None",
+                    "NoneOnDryRun",
+                ):
                     raise ApiFailure(
                         400,
                         "BadRequest",
                         f'admission webhook "{hook["name"]}" does not support dry run',
                     )
-                if not self._conditions_hold(hook, rt, operation, obj, old, sub, write):
+                if not self._conditions_hold(hook, attempt, obj):
                     continue
-                obj = await self._call_webhook(hook, rt, operation, obj, old, sub, write)
+                obj = await self._call_webhook(hook, attempt, obj)
         return obj  # type: ignore[return-value]
 
-    def _hook_matches(
-        self,
-        hook: Obj,
-        rt: ResourceType,
-        operation: str,
-        sub: str | None,
-        obj: Obj | None,
-        old: Obj | None,
-    ) -> bool:
-        if not any(_rule_matches(rule, rt, operation, sub) for rule in hook.get("rules", [])):
+    def _hook_matches(self, hook: Obj, attempt: Attempt, obj: Obj | None) -> bool:
+        rt, old = attempt.rt, attempt.old
+        if not any(
+            _rule_matches(rule, rt, attempt.operation, attempt.sub)
+            for rule in hook.get("rules", [])
+        ):
             return False
         target = obj if obj is not None else old
         assert target is not None
@@ -1401,23 +1402,14 @@ class Emulator:
                 return False
         return True
 
-    def _conditions_hold(
-        self,
-        hook: Obj,
-        rt: ResourceType,
-        operation: str,
-        obj: Obj | None,
-        old: Obj | None,
-        sub: str | None,
-        write: Write,
-    ) -> bool:
+    def _conditions_hold(self, hook: Obj, attempt: Attempt, obj: Obj | None) -> bool:
         conditions = hook.get("matchConditions") or []
         if not conditions:
             return True
         variables = {
             "object": celpy.json_to_cel(obj),
-            "oldObject": celpy.json_to_cel(old),
-            "request": celpy.json_to_cel(self._review_request(rt, operation, obj, old, sub, write)),
+            "oldObject": celpy.json_to_cel(attempt.old),
+            "request": celpy.json_to_cel(self._review_request(attempt, obj)),
         }
         for condition in conditions:
             result = cel.evaluate(str(condition.get("expression", "")), **variables)
@@ -1435,14 +1427,8 @@ class Emulator:
         return True
 
     @staticmethod
-    def _review_request(
-        rt: ResourceType,
-        operation: str,
-        obj: Obj | None,
-        old: Obj | None,
-        sub: str | None,
-        write: Write,
-    ) -> Obj:
+    def _review_request(attempt: Attempt, obj: Obj | None) -> Obj:
+        rt, operation, old, write = attempt.rt, attempt.operation, attempt.old, attempt.write
         target = obj if obj is not None else old or {"metadata": {}}
         gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
         gvr = {"group": rt.group, "version": rt.version, "resource": rt.plural}
@@ -1467,27 +1453,18 @@ class Emulator:
                 **({"dryRun": ["All"]} if write.dry_run else {}),
             },
         }
-        if sub:
-            request["subResource"] = sub
-            request["requestSubResource"] = sub
+        if attempt.sub:
+            request["subResource"] = attempt.sub
+            request["requestSubResource"] = attempt.sub
         return request
 
-    async def _call_webhook(
-        self,
-        hook: Obj,
-        rt: ResourceType,
-        operation: str,
-        obj: Obj | None,
-        old: Obj | None,
-        sub: str | None,
-        write: Write,
-    ) -> Obj | None:
+    async def _call_webhook(self, hook: Obj, attempt: Attempt, obj: Obj | None) -> Obj | None:
         if self._session is None:
             self._session = ClientSession()
         review = {
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
-            "request": self._review_request(rt, operation, obj, old, sub, write),
+            "request": self._review_request(attempt, obj),
         }
         timeout = ClientTimeout(total=hook.get("timeoutSeconds", 10))
         try:
@@ -1503,7 +1480,7 @@ class Emulator:
                 f'Internal error occurred: failed calling webhook "{hook["name"]}": {error}',
             ) from None
         for warning in answer.get("warnings") or []:
-            write.warnings.append(str(warning))
+            attempt.write.warnings.append(str(warning))
         if not answer.get("allowed"):
             status = answer.get("status") or {}
             code = status.get("code") or 400

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from aiml024.api import ExperimentSpec
 from aiml024.api.data_steps import ValidateResult
 from aiml024.api.step_params import EvaluateParams
-from aiml024.api.steps import EvaluateResult
+from aiml024.api.steps import EvaluateResult, Leaderboard, LeaderboardRow
 
 from .. import available_cpus, step_clock
 from ..artifacts import (
@@ -40,6 +40,7 @@ from ..artifacts import (
     SPLIT_FILE,
     oof_file,
     read_json,
+    read_model,
     write_json,
 )
 from ..budget import fit_budget
@@ -71,11 +72,11 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     search_dir = inputs / SEARCH
     clean, data = load_training(inputs, spec, validated)
     split = split_from_document(read_json(search_dir / SPLIT_FILE, "search"), data)
-    document = read_json(search_dir / LEADERBOARD_FILE, "search")
-    board = document["rows"]
+    document = read_model(search_dir / LEADERBOARD_FILE, Leaderboard, "search")
+    board = document.rows
     metric = parse_objective(spec.effective_objective)[0]
-    trials = {row["trial"]: row for row in board if row.get("trial") is not None}
-    dropped_members = fit_budget(board, trials, document.get("budget"), started)
+    trials = {row.trial: row for row in board if row.trial is not None}
+    dropped_members = fit_budget(board, document.budget, started)
 
     pii = dict(validated.pii)
     pii_action = masker_action(validated)
@@ -89,7 +90,7 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     X_train, X_hold = X.iloc[split.train], X.iloc[split.holdout]
     y_train, y_hold = labels[split.train], data.y[split.holdout]
 
-    def fit(row: dict[str, Any]) -> Pipeline:
+    def fit(row: LeaderboardRow) -> Pipeline:
         return candidate_pipeline(spec, data, row, trials, pii, pii_action).fit(X_train, y_train)
 
     sample = data.X.iloc[split.holdout[:1]]
@@ -103,22 +104,17 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
         chosen, model, costs, outcome = choose_within_constraints(
             board, metric, fit, lambda m: serving_cost(m, meta, sample), constraints
         )
-    for row in board:
-        if id(row) in costs:
-            row.update(costs[id(row)])
-    members = chosen.get("members") or [f"{chosen['learner']}#{chosen['trial']}"]
-    weights = chosen.get("weights") or [1.0]
-    member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
+    members, weights = candidate_members(chosen)
     if dropped_members:
         outcome["droppedMembers"] = dropped_members
-    meta.learner = chosen["learner"]
+    meta.learner = chosen.learner
     meta.members = members
     baseline = baseline_pipeline(spec, data).fit(X_train, data.y[split.train])
 
     threshold = 0.5
     if spec.effective_objective == "maximize_f1" and data.n_classes == 2:
         oof = blend(
-            [np.load(search_dir / OOF_DIR / oof_file(r["trial"])) for r in member_rows], weights
+            [np.load(search_dir / OOF_DIR / oof_file(member_trial(m))) for m in members], weights
         )
         threshold = best_f1_threshold(data.y[split.train], oof[:, 1])
     meta.threshold = threshold
@@ -126,7 +122,12 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     result = holdout_scores(model, baseline, X_hold, y_hold, data, threshold)
     digest = save_bundle(outputs / "bundle", model, meta)
 
-    card = model_card(typed, data, split, board, chosen, members, result, pii, pii_action, outcome)
+    measured = [
+        {**row.wire(), **costs[id(row)]} if id(row) in costs else row.wire() for row in board
+    ]
+    card = model_card(
+        typed, data, split, measured, chosen, members, result, pii, pii_action, outcome
+    )
     card_dir = outputs / "card"
     card_dir.mkdir(parents=True, exist_ok=True)
     write_json(card_dir / "model_card.json", card)
@@ -136,7 +137,7 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
         baseline_metrics=result["baseline"],
         primary_metric=parse_objective(spec.effective_objective)[0],
         sha256=digest,
-        learner=chosen["learner"],
+        learner=chosen.learner,
         members=members,
         weights=list(weights),
         calibration=result["calibration"],
@@ -150,15 +151,14 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
 def candidate_pipeline(
     spec: ExperimentSpec,
     data: TrainingData,
-    row: dict[str, Any],
-    trials: dict[int, dict[str, Any]],
+    row: LeaderboardRow,
+    trials: dict[int, LeaderboardRow],
     pii: dict[str, str],
     pii_action: str,
 ) -> Pipeline:
     """The unfitted served pipeline of one leaderboard row (a trial or the ensemble)."""
-    members = row.get("members") or [f"{row['learner']}#{row['trial']}"]
-    weights = row.get("weights") or [1.0]
-    member_rows = [trials[int(m.rsplit("#", 1)[1])] for m in members]
+    members, weights = candidate_members(row)
+    member_rows = [trials[member_trial(m)] for m in members]
     return Pipeline(
         [
             ("pii", PiiMasker(columns=pii, action=pii_action)),
@@ -166,9 +166,7 @@ def candidate_pipeline(
             (
                 "model",
                 EnsembleEstimator(
-                    members=[
-                        (r["learner"], r["params"], r.get("bestIteration")) for r in member_rows
-                    ],
+                    members=[(r.learner, r.params, r.best_iteration) for r in member_rows],
                     weights=list(weights),
                     task=data.task,
                     classes=data.classes or None,
@@ -197,49 +195,63 @@ def serving_cost(model: Pipeline, meta: BundleMeta, sample: pd.DataFrame) -> dic
 
 
 def choose_within_constraints(
-    board: list[dict[str, Any]],
+    board: list[LeaderboardRow],
     metric: str,
     fit: Any,
     measure: Any,
     constraints: Any,
-) -> tuple[dict[str, Any], Pipeline, dict[int, dict[str, float]], dict[str, Any]]:
+) -> tuple[LeaderboardRow, Pipeline, dict[int, dict[str, float]], dict[str, Any]]:
     """The best candidate (rank order) that meets latencyP95Ms and maxModelSizeMb; else the
     one that misses them least. Returns it, its fitted model, the measured costs by row id and
     the outcome for the card."""
     limits = {"latencyP95Ms": constraints.latency_p95_ms, "sizeMb": constraints.max_model_size_mb}
     limits = {k: v for k, v in limits.items() if v is not None}
-    ranked = sorted(board, key=lambda row: row["rank"])[:MAX_CONSTRAINED_CANDIDATES]
+    ranked = sorted(board, key=lambda row: row.rank)[:MAX_CONSTRAINED_CANDIDATES]
     costs: dict[int, dict[str, float]] = {}
-    fallback: tuple[float, dict[str, Any], Pipeline] | None = None
+    fallback: tuple[float, LeaderboardRow, Pipeline] | None = None
     for row in ranked:
         model = fit(row)
         cost = costs[id(row)] = measure(model)
         excess = max(cost[k] / v for k, v in limits.items())
         if excess <= 1.0:
-            outcome = {"constrained": True, "limits": limits, "met": True, "rank": row["rank"],
+            outcome = {"constrained": True, "limits": limits, "met": True, "rank": row.rank,
                        "measured": len(costs)}  # fmt: skip
             return row, model, costs, outcome
         if fallback is None or excess < fallback[0]:
             fallback = (excess, row, model)
     assert fallback is not None
     _, row, model = fallback
-    outcome = {"constrained": True, "limits": limits, "met": False, "rank": row["rank"],
+    outcome = {"constrained": True, "limits": limits, "met": False, "rank": row.rank,
                "measured": len(costs)}  # fmt: skip
     return row, model, costs, outcome
 
 
-def choose(board: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+def choose(board: list[LeaderboardRow], metric: str) -> LeaderboardRow:
     """The ensemble if it beat the best single trial in cross-validation, else that trial."""
-    singles = [row for row in board if row.get("trial") is not None]
-    best = min(singles, key=lambda row: row["rank"])
-    ensemble = next((row for row in board if row["name"] == "ensemble"), None)
-    if ensemble and better(metric, ensemble["value"], best["value"]):
+    singles = [row for row in board if row.trial is not None]
+    best = min(singles, key=lambda row: row.rank)
+    ensemble = next((row for row in board if row.name == "ensemble"), None)
+    if ensemble and better(metric, ensemble.value, best.value):
         return ensemble
     return best
 
 
-def _best_trial(board: list[dict[str, Any]]) -> int:
-    return min((r for r in board if r.get("trial") is not None), key=lambda r: r["rank"])["trial"]
+def candidate_members(row: LeaderboardRow) -> tuple[list[str], list[float]]:
+    """('<learner>#<trial>' each, their weights): the ensemble's members, or the trial alone."""
+    if row.members:
+        return list(row.members), list(row.weights)
+    return [f"{row.learner}#{row.trial}"], [1.0]
+
+
+def member_trial(member: str) -> int:
+    """The trial number of an ensemble member, '<learner>#<trial>'."""
+    return int(member.rsplit("#", 1)[1])
+
+
+def _best_trial(board: list[LeaderboardRow]) -> int:
+    best = min((r for r in board if r.trial is not None), key=lambda r: r.rank)
+    assert best.trial is not None
+    return best.trial
 
 
 def bundle_meta(
@@ -318,7 +330,7 @@ def model_card(
     data: TrainingData,
     split: Any,
     board: list[dict[str, Any]],
-    chosen: dict[str, Any],
+    chosen: LeaderboardRow,
     members: list[str],
     result: dict[str, Any],
     pii: dict[str, str],
@@ -385,14 +397,22 @@ def model_card(
             "learners": list(spec.search.learners),
             "folds": spec.split.folds,
             "seed": spec.search.seed,
-            "chosen": chosen["learner"],
+            "chosen": chosen.learner,
             "members": members,
         },
         leaderboard=[
             {
                 k: row[k]
-                for k in ("rank", "name", "value", "trial", "members", "weights", "latencyP95Ms",
-                      "sizeMb")  # fmt: skip
+                for k in (
+                    "rank",
+                    "name",
+                    "value",
+                    "trial",
+                    "members",
+                    "weights",
+                    "latencyP95Ms",
+                    "sizeMb",
+                )  # fmt: skip
                 if k in row
             }
             for row in board

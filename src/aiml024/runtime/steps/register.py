@@ -26,6 +26,7 @@ import fsspec
 from pydantic import ValidationError
 
 from aiml024.api import Model, describe_validation_error
+from aiml024.api.common import EXPERIMENT_LABEL
 from aiml024.api.experiment import LeaderboardEntry
 from aiml024.api.model import Evidence, Lineage, ModelSource, ModelSpec, ModelStatus
 from aiml024.api.step_params import RegisterParams
@@ -116,7 +117,7 @@ def model_manifest(params: RegisterParams, artifact_uri: str, card_uri: str) -> 
     ingested, validated = params.ingest_result, params.validate_result
     evaluated, searched = params.evaluate_result, params.search_result
     target = spec.model
-    labels = {**(target.labels if target else {}), "aiml024.io/experiment": experiment}
+    labels = {**(target.labels if target else {}), EXPERIMENT_LABEL: experiment}
     canonical = json.dumps(spec.wire(), sort_keys=True, separators=(",", ":"))
     pii = validated.pii
     return Model(

@@ -34,7 +34,13 @@ from optuna.trial import TrialState
 from aiml024.api import ExperimentSpec
 from aiml024.api.experiment import Trial
 from aiml024.api.step_params import SearchParams
-from aiml024.api.steps import LeaderboardRow, SearchResult, SearchWorkerResult
+from aiml024.api.steps import (
+    Leaderboard,
+    LeaderboardRow,
+    RefitBudget,
+    SearchResult,
+    SearchWorkerResult,
+)
 
 from .. import available_cpus, emit_event, portfolio, step_clock
 from ..artifacts import LEADERBOARD_FILE, OOF_DIR, SEARCH, SPLIT_FILE, oof_file, write_json
@@ -211,26 +217,22 @@ def finish(
     rows = leaderboard(outcome, spec.search.ensemble.size)
     budget = spec.search.time_budget_seconds
     in_board = {row.trial for row in rows if row.trial is not None}
-    write_json(
-        out / LEADERBOARD_FILE,
-        {
-            "metric": spec.effective_objective,
-            "classes": data.classes,
-            "rows": [row.wire() for row in rows],
-            # What evaluate may still spend of timeBudgetSeconds (counted from its own start),
-            # and each candidate's estimated refit seconds, to drop what would not fit.
-            "budget": {
-                "timeBudgetSeconds": budget,
-                "searchSeconds": round(time.monotonic() - started, 3),
-                "remainingSeconds": round(max(0.0, started + budget - time.monotonic()), 3),
-                "refitSeconds": {
-                    str(r.number): round(refit_seconds(r.fit_seconds), 3)
-                    for r in outcome.records
-                    if r.number in in_board and r.fit_seconds is not None
-                },
+    board = Leaderboard(
+        metric=spec.effective_objective,
+        classes=data.classes,
+        rows=rows,
+        budget=RefitBudget(
+            time_budget_seconds=budget,
+            search_seconds=round(time.monotonic() - started, 3),
+            remaining_seconds=round(max(0.0, started + budget - time.monotonic()), 3),
+            refit_seconds={
+                str(r.number): round(refit_seconds(r.fit_seconds), 3)
+                for r in outcome.records
+                if r.number in in_board and r.fit_seconds is not None
             },
-        },
+        ),
     )
+    write_json(out / LEADERBOARD_FILE, board.wire())
     (out / OOF_DIR).mkdir(exist_ok=True)
     for row in rows:
         if row.trial is not None:
