@@ -184,6 +184,11 @@ test_no_pii_needs_no_action if {
 	prod_result(m).decision == "allow"
 }
 
+test_unscanned_data_cannot_reach_production if {
+	m := replaced("evidence", object.union(good_model.evidence, {"piiColumns": [], "piiAction": "unscanned"}))
+	denied_with(prod_result(m), "pii_unscanned: the data was not scanned for personal data (spec.pii.scan is false); scan it before production")
+}
+
 test_fairness_disparity_above_threshold if {
 	m := patched({"evidence": {"fairness": {"sex_demographic_parity_disparity": 0.23}}})
 	denied_with(prod_result(m), "fairness_disparity: sex_demographic_parity_disparity 0.23 > 0.10")

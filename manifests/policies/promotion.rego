@@ -209,6 +209,11 @@ quality_violations contains msg if {
 	)
 }
 
+# With pii.scan off nothing was looked for: "no PII found" cannot be claimed in production.
+quality_violations contains "pii_unscanned: the data was not scanned for personal data (spec.pii.scan is false); scan it before production" if {
+	object.get(evidence, "piiAction", null) == "unscanned"
+}
+
 quality_violations contains msg if {
 	some name, value in object.get(evidence, "fairness", {})
 	endswith(name, "_disparity")

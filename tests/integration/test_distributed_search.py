@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.test_search import churn_like, step_params
+from tests.unit.test_search import churn_like, record_earlier, step_params
 from tests.unit.test_search import spec as search_spec
 
 from aiml024.api.step_params import SearchParams
@@ -100,6 +100,7 @@ def run_workers(tmp: Path, the_spec: dict[str, Any], **extra: Any) -> list[dict[
     """Both workers at once, as separate processes (as the workflow's pods run)."""
     (tmp / "in").mkdir(parents=True, exist_ok=True)
     churn_like(500).to_parquet(tmp / "in" / "clean")
+    record_earlier("search", params(tmp, the_spec, **extra), tmp / "in")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     processes = [
         subprocess.Popen(

@@ -406,6 +406,14 @@ def api(hooks: Hooks) -> Iterator[Emulator]:
                     _hook("star-status", "/star-status", ["*/status"]),
                     _hook("star", "/star", ["*"]),
                     _hook("deployments", "/deployments", ["deployments"], side_effects="Some"),
+                    {
+                        **_hook("conditioned", "/conditioned", ["models"]),
+                        "matchConditions": [{
+                            "name": "labelled",
+                            "expression": "has(object.metadata.labels) "
+                                          "&& 'hooked' in object.metadata.labels",
+                        }],
+                    },  # fmt: skip
                 ],
             },
             lambda cc: f"http://127.0.0.1:{hooks.port}{cc['service']['path']}",
@@ -526,6 +534,18 @@ def test_webhooks_are_called_for_the_status_subresource_only_when_named(
     admin.patch("Model", "hooked", {"spec": {"description": "x"}})
     assert sorted({r["path"] for r in hooks.reviews}) == ["/models", "/mutate", "/star"]
     assert "subResource" not in hooks.seen("/models")[0]
+
+
+def test_webhooks_are_called_only_when_their_match_conditions_hold(
+    api: Emulator, hooks: Hooks
+) -> None:
+    admin = Client(api.url, ADMIN, "team-b")
+    hooks.reviews.clear()
+    admin.create(_model("plain"))
+    labelled = _model("labelled")
+    labelled["metadata"]["labels"] = {"hooked": "yes"}
+    admin.create(labelled)
+    assert [r["name"] for r in hooks.seen("/conditioned")] == ["labelled"]
 
 
 def test_mutating_webhooks_patch_before_validation(api: Emulator, hooks: Hooks) -> None:

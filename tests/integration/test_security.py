@@ -24,6 +24,7 @@ from tests.integration.emulator.harness import (
 )
 from tests.integration.emulator.server import ADMIN
 from tests.integration.test_operator import (  # noqa: F401 - fixtures, used by name
+    _register_directly,
     api,
     as_user,
     condition,
@@ -31,6 +32,7 @@ from tests.integration.test_operator import (  # noqa: F401 - fixtures, used by 
     ns,
     operator,
     reasons,
+    seldon,
     train,
 )
 
@@ -251,3 +253,53 @@ def test_a_recreated_experiment_cannot_touch_a_registered_bundle(
     assert model["status"]["artifactUri"] == first["status"]["artifactUri"]
     assert model["status"]["sha256"] == SHA
     assert (record / "registration.json").read_bytes() == before
+
+
+def test_a_model_made_ahead_of_the_run_is_never_given_its_evidence(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """mallory predicts the next version's name and source (all in the Workflow's status) and
+    makes that Model first, so she would own alice's trained model and could approve it."""
+    alice, mallory = as_user(api, "alice", ns), as_user(api, "mallory", ns)
+    alice.create(experiment_manifest())
+    alice.wait_for("Workflow", "churn-g1", lambda w: w is not None)
+    mallory.create({
+        "apiVersion": "aiml024.io/v1alpha1", "kind": "Model",
+        "metadata": {"name": "churn-model-v1"},
+        "spec": {"source": {"experiment": "churn", "workflow": "churn-g1", "trial": 17},
+                 "task": "classification"},
+    })  # fmt: skip
+    run_succeeds(api, ns, "churn", "churn-g1")
+    exp = alice.wait_for("Experiment", "churn", lambda e: "never adopted" in (
+        e["status"].get("message") or ""))  # fmt: skip
+    assert exp["status"].get("modelName") is None
+    squatted = alice.get("Model", "churn-model-v1")
+    assert squatted["spec"]["owner"] == "mallory"
+    assert not (squatted.get("status") or {}).get("sha256")  # no evidence of alice's run
+
+
+def test_a_seldon_deployment_made_by_someone_else_is_never_adopted(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """Where users may write SeldonDeployments (not in `edit`: a cluster's own Seldon roles
+    might grant it), one planted under the Deployment's name must not pass for the operator's:
+    it would serve anything while the Deployment reports the approved digest."""
+    alice = as_user(api, "alice", ns)
+    _register_directly(api, ns, "churn-v1", "a" * 64)
+    planted = {
+        "apiVersion": "machinelearning.seldon.io/v1", "kind": "SeldonDeployment",
+        "metadata": {"name": "churn"},
+        "spec": {"predictors": [{"name": "stable", "graph": {
+            "name": "model", "implementation": "MLSERVER_SKLEARN",
+            "modelUri": "s3://mallory/anything"}}]},
+    }  # fmt: skip
+    cluster = seldon(api, ns)
+    cluster.create(planted)
+    alice.create({
+        "apiVersion": "aiml024.io/v1alpha1", "kind": "Deployment", "metadata": {"name": "churn"},
+        "spec": {"model": "churn-v1", "requireStage": "staging"},
+    })  # fmt: skip
+    assert "NotOwned" in reasons(alice, "churn", {"NotOwned"})
+    live = cluster.get("SeldonDeployment", "churn")
+    assert live["spec"]["predictors"][0]["graph"]["modelUri"] == "s3://mallory/anything"
+    assert alice.get("Deployment", "churn").get("status", {}).get("phase") != "Serving"

@@ -418,3 +418,45 @@ class TestTypedParams:
         monkeypatch.setitem(PARAMS, "ingest", Extended)
         with pytest.raises(CompileError, match="ingest params: no Argo .* supplies 'region'"):
             compile_experiment(experiment())
+
+
+@pytest.mark.parametrize(
+    ("uri", "refused"),
+    [
+        ("s3://team-data/churn.csv", None),
+        ("https://example.org/churn.csv", None),
+        ("s3://aiml024-artifacts/ml/exports/churn.parquet", None),  # its own namespace's part
+        ("/var/run/secrets/kubernetes.io/serviceaccount/token", "is not object storage"),
+        ("file:///etc/passwd", "is not object storage"),
+        ("http://169.254.169.254/latest/meta-data/", "is not object storage"),
+        ("simplecache::s3://team-data/churn.csv", "is not object storage"),
+        ("s3://aiml024-artifacts/other-team/churn/uid/run/bundle/x", "another namespace"),
+    ],
+)
+def test_in_a_cluster_the_steps_read_only_remote_data_of_their_namespace(
+    uri: str, refused: str | None
+) -> None:
+    """The steps read spec.data.uri with the runtime's identity: a pod-local path (its token),
+    the metadata endpoint or another namespace's run roots would leak through the run."""
+    from aiml024.compiler import cluster_data_problem
+
+    exp = experiment({"data": {"uri": uri}}, namespace="ml")
+    problem = cluster_data_problem(exp, CompileOptions(artifact_store="s3://aiml024-artifacts"))
+    if refused is None:
+        assert problem is None
+    else:
+        assert problem is not None and refused in problem and problem.startswith("spec.data.uri")
+    # One machine (a local store): local files are the user's own.
+    assert cluster_data_problem(exp, CompileOptions(artifact_store="file:///srv/store")) is None
+
+
+def test_the_operator_refuses_pod_local_data_at_admission() -> None:
+    import kopf
+
+    from aiml024.operator.admission import validate_experiment
+    from aiml024.operator.config import OperatorConfig
+
+    config = OperatorConfig(compile=CompileOptions(artifact_store="s3://aiml024-artifacts"))
+    body = experiment({"data": {"uri": "/var/run/secrets/kubernetes.io/serviceaccount/token"}})
+    with pytest.raises(kopf.AdmissionError, match="spec.data.uri"):
+        validate_experiment(config, body.wire(), None)

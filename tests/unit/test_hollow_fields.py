@@ -119,7 +119,7 @@ EXERCISED: dict[str, dict[str, str]] = {
             "tests/unit/test_hollow_fields.py::test_feature_settings_reach_the_featurizer"
         ),
         "spec.features.dropColumns": "tests/unit/test_features.py::test_drop_columns_are_ignored",
-        "spec.pii.scan": "tests/unit/test_validate.py::TestPii::test_scan_off_leaves_data_alone",
+        "spec.pii.scan": "tests/unit/test_validate.py::TestPii::test_scan_off_leaves_data_alone_and_says_it_was_not_scanned",
         "spec.pii.action": "tests/unit/test_validate.py::TestPii::test_drop_removes_the_columns",
         "spec.constraints.latencyP95Ms": (
             "tests/unit/test_search_objectives.py::"

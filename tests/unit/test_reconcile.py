@@ -369,3 +369,16 @@ def test_a_registered_version_is_never_replaced() -> None:
     exp.metadata.uid = "uid-2"  # deleted and re-created: same names, another run
     again = experiment_rules.model_to_register(exp, record(exp), "s3://store", "churn-g1")
     assert "never replaced" in (experiment_rules.registration_conflict(first, again) or "")
+
+
+def test_a_model_made_ahead_of_the_run_is_never_adopted() -> None:
+    """The source of the next version is predictable; a Model an editor made with it must not
+    receive the run's evidence under the editor's ownership (four eyes)."""
+    exp = experiment()
+    exp.metadata.namespace, exp.metadata.uid = "ml", "uid-1"
+    exp.metadata.annotations["aiml024.io/applied-by"] = "alice"
+    wanted = experiment_rules.model_to_register(exp, record(exp), "s3://store", "churn-g1")
+    squatted = wanted.model_copy(deep=True)
+    squatted.spec.owner, squatted.status = "mallory", None
+    conflict = experiment_rules.registration_conflict(squatted, wanted) or ""
+    assert "made by mallory" in conflict and "never adopted" in conflict

@@ -200,3 +200,13 @@ def test_a_renamed_result_field_exits_2_naming_it(tmp_path: Path) -> None:
         "'evaluate.digest' is not a known key (renamed?)"
     ]
     assert not (tmp_path / "store").exists()
+
+
+def test_unscanned_data_is_recorded_as_unscanned_evidence(tmp_path: Path) -> None:
+    """With spec.pii.scan off the Model's evidence says so (not "no PII"): the promotion
+    policy's pii_unscanned rule keeps it from production."""
+    inputs, params = artifacts(tmp_path)
+    params["artifactStore"] = f"memory://{tmp_path.name}"
+    params["validate"] = {**params["validate"], "pii": {}, "piiAction": "unscanned"}
+    evidence = register_step.run(params, inputs, tmp_path / "out")["model"]["status"]["evidence"]
+    assert evidence["piiColumns"] == [] and evidence["piiAction"] == "unscanned"

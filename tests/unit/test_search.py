@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 from aiml024.api.data_steps import IngestResult, ValidateResult
+from aiml024.api.step_params import StepName, earlier_steps
 from aiml024.runtime.ensemble import caruana
-from aiml024.runtime.steps import StepError
+from aiml024.runtime.receipts import write_receipt
+from aiml024.runtime.steps import StepError, params_for, run_root_from
 from aiml024.runtime.steps import search as search_step
 
 TYPES = {
@@ -116,6 +118,15 @@ def step_params(
         "validate": validate_result(rows, types),
         **params,
     }
+
+
+def record_earlier(step: StepName, params: dict[str, Any], inputs: Path) -> None:
+    """The receipts the earlier steps would have left had they run in this run (their results
+    as `params` carries them, their artifacts as `inputs` holds them): what the dispatcher
+    (`python -m aiml024.runtime`) checks before it runs `step` (aiml024.runtime.receipts)."""
+    root = run_root_from(params_for(step, params))
+    for earlier in earlier_steps(step):
+        write_receipt(root, earlier, earlier, params[earlier], inputs)
 
 
 def run_search(tmp: Path, clean: pd.DataFrame, the_spec: dict, **params: Any) -> dict:

@@ -217,9 +217,10 @@ class TestPii:
         # Every name masks to the same token: constant, so it carries nothing and is dropped.
         assert result["droppedColumns"] == {"name": "constant"}
 
-    def test_scan_off_leaves_data_alone(self, tmp_path, with_pii):
+    def test_scan_off_leaves_data_alone_and_says_it_was_not_scanned(self, tmp_path, with_pii):
+        """Not "none found": the evidence says nothing was looked for (policy: pii_unscanned)."""
         result = run_on(with_pii, tmp_path, pii={"scan": False, "action": "fail"})
-        assert result["pii"] == {} and result["piiAction"] == "none"
+        assert result["pii"] == {} and result["piiAction"] == "unscanned"
 
     def test_directory_artifact(self, tmp_path, with_pii):
         (tmp_path / "in" / "dataset").mkdir(parents=True)

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "schemas"
 # Files of this folder that are not vendored schemas.
-OWN = {"README.md", "refresh.py", "LICENSE-2.0.txt"}
+OWN = {"README.md", "refresh.py", "LICENSE-2.0.txt", ".gitattributes"}
 
 
 class Row(NamedTuple):

@@ -38,7 +38,11 @@ class ValidateResult(Strict):
         description="Type per column of the clean data, after PII masking (masked -> categorical)."
     )
     pii: dict[str, PiiKind] = Field(default_factory=dict)
-    pii_action: Literal["mask", "drop", "none"] = "none"
+    pii_action: Literal["mask", "drop", "none", "unscanned"] = Field(
+        default="none",
+        description="What the served pipeline does with the PII found; `unscanned` when "
+        "spec.pii.scan is false (nothing was looked for: the policy keeps it from production).",
+    )
     dropped_columns: dict[str, str] = Field(
         default_factory=dict, description="Column -> why it was dropped (empty, constant, pii)."
     )

@@ -32,6 +32,20 @@ StepName = Literal["ingest", "validate", "search", "evaluate", "register"]
 # The one list of the steps, in the order they run; the compiler's DAG and the runtime's
 # dispatcher both read it.
 STEPS: tuple[StepName, ...] = ("ingest", "validate", "search", "evaluate", "register")
+# step -> (input artifacts, output artifacts): the files one step hands the next (the compiler
+# wires them; each step's receipt records the outputs' digests, which its consumers check).
+ARTIFACTS: dict[StepName, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ingest": ((), ("dataset",)),
+    "validate": (("dataset",), ("clean", "report")),
+    "search": (("clean",), ("search",)),
+    "evaluate": (("clean", "search"), ("bundle", "card")),
+    "register": (("bundle", "card"), ()),
+}
+
+
+def producer(artifact: str) -> StepName:
+    """The step whose output `artifact` is."""
+    return next(step for step, (_, outputs) in ARTIFACTS.items() if artifact in outputs)
 
 
 class StepParams(Strict):
@@ -169,6 +183,7 @@ def earlier_steps(step: StepName) -> tuple[StepName, ...]:
 
 
 __all__ = [
+    "ARTIFACTS",
     "PARAMS",
     "RESULTS",
     "STEPS",
@@ -181,4 +196,5 @@ __all__ = [
     "StepParams",
     "ValidateParams",
     "earlier_steps",
+    "producer",
 ]

@@ -118,6 +118,23 @@ def run_root(store: str, namespace: str, experiment: str, uid: str, workflow: st
     return f"{store.rstrip('/')}/{namespace}/{experiment}/{uid}/{workflow}"
 
 
+RECEIPTS = "steps"  # under the run root: one receipt per step, <step>.json
+
+
+class StepReceipt(Strict):
+    """What one step produced, written by the step itself under the run root, once: its result
+    and the sha256 of each output artifact. A consumer compares what reached it through the
+    Workflow (parameters, artifacts: status that namespace editors can write) with this."""
+
+    step: str
+    result: dict[str, Any]
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Output artifact name -> sha256 (a directory's: of "
+        "its files' names and contents, in name order).",
+    )
+
+
 class RegisterResult(Strict):
     model: dict[str, Any] = Field(description="The Model manifest to create (wire JSON).")
     artifact_uri: str

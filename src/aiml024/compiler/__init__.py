@@ -39,6 +39,7 @@ def _refusing_unsupported(compile_fn: Callable[P, R]) -> Callable[P, R]:
 
 # The entry points: a hollow field never compiles, whoever builds the object.
 compile_experiment = _refusing_unsupported(workflow.compile_experiment)
+cluster_data_problem = workflow.cluster_data_problem
 compile_deployment = _refusing_unsupported(seldon.compile_deployment)
 
 
@@ -100,6 +101,7 @@ __all__ = [
     "CompileError",
     "CompileOptions",
     "ServedModel",
+    "cluster_data_problem",
     "compile_deployment",
     "compile_experiment",
     "compile_objects",

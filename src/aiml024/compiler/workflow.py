@@ -41,7 +41,14 @@ from typing import Any
 from aiml024.api import Experiment
 from aiml024.api.common import DEFAULT_NAMESPACE, EXPERIMENT_LABEL, GENERATION_LABEL
 from aiml024.api.experiment import SUPPORTED_TASKS, Resources
-from aiml024.api.step_params import PARAMS, STEPS, StepName, earlier_steps
+from aiml024.api.step_params import (
+    ARTIFACTS,
+    PARAMS,
+    STEPS,
+    StepName,
+    earlier_steps,
+    producer,
+)
 
 from .options import MANAGED_BY, CompileError, CompileOptions, canonical_json, child_name
 
@@ -52,13 +59,6 @@ WORKERS_TASK = "search-workers"
 WORKER_TEMPLATE = "search-worker"
 
 # step -> (input artifacts, output artifacts); each input is the output of the same name.
-ARTIFACTS: dict[StepName, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ingest": ((), ("dataset",)),
-    "validate": (("dataset",), ("clean", "report")),
-    "search": (("clean",), ("search",)),
-    "evaluate": (("clean", "search"), ("bundle", "card")),
-    "register": (("bundle", "card"), ()),
-}
 # Workflow parameter -> key in the step's --params JSON (all strings except `spec`).
 GLOBAL_PARAMS = {
     "experiment": "experiment",
@@ -77,10 +77,6 @@ DEADLINE_MARGIN_SECONDS = 600
 # Keep finished workflows long enough for the operator to read them and for people to debug.
 TTL_AFTER_SUCCESS_SECONDS = 24 * 3600
 TTL_AFTER_FAILURE_SECONDS = 7 * 24 * 3600
-
-
-def _producer(artifact: str) -> str:
-    return next(step for step, (_, outputs) in ARTIFACTS.items() if artifact in outputs)
 
 
 def workflow_name(exp: Experiment) -> str:
@@ -209,7 +205,7 @@ def _dag_task(step: StepName, workers: int = 1, role: str = "") -> dict[str, Any
             arguments["parameters"].append({"name": "worker", "value": "{{item}}"})
     if ARTIFACTS[step][0]:
         arguments["artifacts"] = [
-            {"name": name, "from": f"{{{{tasks.{_producer(name)}.outputs.artifacts.{name}}}}}"}
+            {"name": name, "from": f"{{{{tasks.{producer(name)}.outputs.artifacts.{name}}}}}"}
             for name in ARTIFACTS[step][0]
         ]
     if arguments:
@@ -235,6 +231,37 @@ def _templates(exp: Experiment, options: CompileOptions) -> list[dict[str, Any]]
                 tasks.append(_dag_task(step))
                 steps.append(_step_template(step, exp, options))
     return [{"name": "automl", "dag": {"tasks": tasks}}, *steps]
+
+
+# Where a step in a cluster may read data from: object stores and HTTPS (not plain HTTP: the
+# cloud metadata endpoints answer there with credentials). A pod-local path
+# would read the pod's own files (its service-account token) with the runtime's identity.
+REMOTE_DATA_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "https")
+
+
+def cluster_data_problem(exp: Experiment, options: CompileOptions) -> str | None:
+    """Why the steps may not read `spec.data.uri` where the artifact store is remote (a
+    cluster), or None. The steps read it with the runtime's credentials, so it must name
+    object storage or HTTPS, and never another namespace's part of the artifact store.
+    With a local store (one machine, the emulator's tests) local files are the user's own."""
+    store = options.artifact_store
+    uri = exp.spec.data.uri
+    if uri is None or "://" not in store or store.startswith("file://"):
+        return None
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if "::" in uri or scheme not in REMOTE_DATA_SCHEMES:
+        return (
+            f"spec.data.uri: {uri!r} is not object storage or HTTPS; in a cluster the steps "
+            f"read data from {', '.join(s + '://' for s in REMOTE_DATA_SCHEMES)}"
+        )
+    root = store.rstrip("/") + "/"
+    namespace = exp.metadata.namespace or DEFAULT_NAMESPACE
+    if uri.startswith(root) and not uri.startswith(f"{root}{namespace}/"):
+        return (
+            f"spec.data.uri: {uri!r} lies in another namespace's part of the artifact store; "
+            f"this Experiment may read only under {root}{namespace}/"
+        )
+    return None
 
 
 def compile_experiment(exp: Experiment, options: CompileOptions | None = None) -> dict[str, Any]:

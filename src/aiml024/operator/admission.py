@@ -32,7 +32,7 @@ from ..api import (
     unsupported,
 )
 from ..api.common import APPLIED_BY, APPROVALS, APPROVE, DEFAULT_NAMESPACE
-from ..compiler import CompileError, compile_experiment
+from ..compiler import CompileError
 from ..policy import promotion_decision
 from ..reconcile import approvals as approval_rules
 from ..reconcile.clock import now as _now
@@ -41,6 +41,7 @@ from ..signing import is_approval_annotation
 from . import policy
 from .config import OperatorConfig
 from .deployment import deployment_policy_gate
+from .experiment import compile_for_cluster
 from .kube import MODELS, Kube
 from .model import approvers
 
@@ -89,7 +90,7 @@ def validate_experiment(config: OperatorConfig, body: Obj, old: Obj | None) -> N
     if unsupported(exp):
         return  # stored before the field was refused; the operator reports it as InvalidSpec
     try:
-        compile_experiment(exp, config.compile)
+        compile_for_cluster(exp, config)
     except CompileError as error:
         raise kopf.AdmissionError(str(error), code=422) from None
 

@@ -29,7 +29,17 @@ from ..reconcile.clock import now as _now
 from ..reconcile.deployment import live_split, seldon_ready
 from . import policy, slo
 from .config import OperatorConfig
-from .kube import BY_KIND, DEPLOYMENTS, MODELS, NAMESPACES, SELDON, Conflict, Kube, settle
+from .kube import (
+    BY_KIND,
+    DEPLOYMENTS,
+    MODELS,
+    NAMESPACES,
+    SELDON,
+    Conflict,
+    Kube,
+    controlled_by,
+    settle,
+)
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -134,6 +144,13 @@ async def _apply(kube: Kube, owner: Obj, manifest: Obj) -> None:
     live, created = await kube.ensure(res, manifest)
     if created:
         kopf.info(owner, reason="Created", message=f"created {manifest['kind']} {meta['name']}")
+    elif not controlled_by(live, owner):
+        message = (
+            f"{manifest['kind']} {meta['name']} exists but was not created for this Deployment "
+            "(no owner reference to it); it is never adopted: delete it to serve"
+        )
+        kopf.warn(owner, reason="NotOwned", message=message)
+        raise kopf.TemporaryError(message, delay=30)
     elif (live["metadata"].get("annotations") or {}).get(SPEC_HASH) != meta["annotations"][
         SPEC_HASH
     ]:

@@ -18,14 +18,14 @@ from pydantic import ValidationError
 
 from ..api import Experiment, ExperimentStatus, Model, ObjectMeta, SpecError
 from ..api.common import DEFAULT_NAMESPACE
-from ..compiler import CompileError, compile_experiment
+from ..compiler import CompileError, cluster_data_problem, compile_experiment
 from ..compiler.options import MANAGED_BY
 from ..reconcile import experiment as experiment_rules
 from ..reconcile.clock import now as _now
 from ..reconcile.workflow import needs_workflow, search_progress
 from . import model as model_handlers
 from .config import OperatorConfig
-from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Kube, settle
+from .kube import EXPERIMENTS, MODELS, WORKFLOWS, Kube, controlled_by, settle
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -41,6 +41,15 @@ async def reconcile(
     )
 
 
+def compile_for_cluster(exp: Experiment, config: OperatorConfig) -> Obj:
+    """The Workflow for `exp`, refusing data the steps may not read in this cluster."""
+    workflow = compile_experiment(exp, config.compile)
+    problem = cluster_data_problem(exp, config.compile)
+    if problem:
+        raise CompileError(problem)
+    return workflow
+
+
 async def _reconcile_once(
     kube: Kube, config: OperatorConfig, namespace: str, name: str, ensure: bool
 ) -> None:
@@ -49,13 +58,13 @@ async def _reconcile_once(
         return  # gone: owner references let the garbage collector remove its Workflow
     try:
         exp = Experiment.model_validate(body)
-        workflow = compile_experiment(exp, config.compile)
+        workflow = compile_for_cluster(exp, config)
     except (ValidationError, CompileError) as error:
         await _invalid(kube, body, str(error))
         return
     wf_name = workflow["metadata"]["name"]
     wf = await kube.get(WORKFLOWS, namespace, wf_name)
-    if wf is not None and not _owned_by(wf, body):
+    if wf is not None and not controlled_by(wf, body):
         await _not_owned(kube, config, body, exp, wf_name, ensure)
         return
     if wf is None and not needs_workflow(exp, wf_name):
@@ -66,7 +75,7 @@ async def _reconcile_once(
         wf, created = await kube.ensure(WORKFLOWS, workflow)
         if created:
             kopf.info(body, reason="WorkflowCreated", message=f"created workflow {wf_name}")
-        elif not _owned_by(wf, body):  # someone created it between our read and our create
+        elif not controlled_by(wf, body):  # someone created it between our read and our create
             await _not_owned(kube, config, body, exp, wf_name, ensure)
             return
     # Only the phase and progress are read from the Workflow (editors can write its status);
@@ -81,15 +90,6 @@ async def _reconcile_once(
         except SpecError as error:
             status.message = f"cannot register the model: {error}"
     await _report(kube, body, exp.status, status)
-
-
-def _owned_by(workflow: Obj, experiment: Obj) -> bool:
-    """Whether the Experiment controls this Workflow (the operator created it for it)."""
-    uid = experiment["metadata"].get("uid")
-    return any(
-        ref.get("uid") == uid and ref.get("controller")
-        for ref in workflow["metadata"].get("ownerReferences") or []
-    )
 
 
 async def _not_owned(

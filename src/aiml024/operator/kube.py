@@ -110,6 +110,17 @@ def _error(error: ApiException) -> ApiError:
     return kinds.get(code, ApiError)(code, reason, message)
 
 
+def controlled_by(child: Obj, owner: Obj) -> bool:
+    """Whether `owner` controls `child` (the operator created it for it): an owner reference
+    with the owner's uid and `controller: true`. A same-named object anyone else made is
+    never adopted."""
+    uid = owner["metadata"].get("uid")
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in child["metadata"].get("ownerReferences") or []
+    )
+
+
 async def settle(what: str, once: Callable[[], Awaitable[None]]) -> None:
     """Run `once` (read, decide, write) until its writes meet no newer version; after
     CONFLICT_ATTEMPTS, kopf retries the handler a moment later."""

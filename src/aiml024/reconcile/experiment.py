@@ -248,13 +248,22 @@ def _under(uri: str | None, root: str) -> bool:
 
 def registration_conflict(existing: Model, wanted: Model) -> str | None:
     """Why `wanted` cannot be registered over the Model of the same name, or None when the
-    existing one is this very version (a repeated reconcile)."""
+    existing one is this very version (a repeated reconcile). A Model someone else made ahead
+    of the run, even with the predictable source, is not adopted: its owner would not be the
+    Experiment's author, and four eyes would count the wrong person."""
     status = existing.status or ModelStatus()
-    if existing.spec.source == wanted.spec.source and status.artifact_uri in (
-        None,
-        (wanted.status or ModelStatus()).artifact_uri,
+    if (
+        existing.spec.source == wanted.spec.source
+        and existing.spec.owner == wanted.spec.owner
+        and status.artifact_uri in (None, (wanted.status or ModelStatus()).artifact_uri)
     ):
         return None
+    if existing.spec.owner != wanted.spec.owner:
+        return (
+            f"model {existing.metadata.name} already exists, made by {existing.spec.owner or 'someone'}"
+            f" rather than registered for this Experiment (author {wanted.spec.owner}); it is "
+            "never adopted: delete it or set spec.model.name to register under a new name"
+        )
     return (
         f"model {existing.metadata.name} already exists and names another artifact "
         f"({status.artifact_uri or existing.spec.source.artifact_uri}); a registered version is "

@@ -1,7 +1,9 @@
 """`python -m aiml024.runtime STEP --params JSON --inputs DIR --outputs DIR`
 
-Parses --params with the step's model (aiml024.api.step_params.PARAMS[STEP]), runs
-aiml024.runtime.steps.<STEP>.run and writes its result to DIR/result.json. stdout carries only
+Parses --params with the step's model (aiml024.api.step_params.PARAMS[STEP]), checks the
+earlier steps' results and the input artifacts against their receipts (aiml024.runtime.receipts),
+runs aiml024.runtime.steps.<STEP>.run, records its receipt under the run root and writes its
+result to DIR/result.json. stdout carries only
 progress events (JSON lines); logs and library chatter go to stderr. Exit 2 with
 `error: <message>` on bad data or parameters (StepError: a missing, renamed or mistyped params
 key is named), exit 1 on any other failure.
@@ -54,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --params is not a JSON object: {error}", file=sys.stderr)
         return 2
 
-    from .steps import StepError, params_for
+    from .receipts import check_inputs, write_receipt
+    from .steps import StepError, params_for, run_root_from
 
     try:
         typed = params_for(args.step, params)  # before the step's heavy imports
+        run_root = run_root_from(typed)
+        check_inputs(run_root, args.step, params, args.inputs)
         module = importlib.import_module(f"aiml024.runtime.steps.{args.step}")
         args.outputs.mkdir(parents=True, exist_ok=True)
         result: Any = module.run(typed, args.inputs, args.outputs)
+        worker = getattr(typed, "worker", None)
+        receipt = args.step if worker is None else f"{args.step}-worker-{worker}"
+        write_receipt(run_root, receipt, args.step, result, args.outputs)
         (args.outputs / "result.json").write_text(json.dumps(result, sort_keys=True) + "\n")
     except StepError as error:
         print(f"error: {error}", file=sys.stderr)

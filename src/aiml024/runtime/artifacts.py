@@ -6,10 +6,12 @@ search artifact is a directory that evaluate reads back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, TypeVar
 
+import fsspec
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
@@ -70,3 +72,26 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def path_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a directory: (relative name, content digest) of every
+    file, in name order (a bundle's digest, aiml024.runtime.bundle.bundle_digest)."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def write_once(uri: str, content: bytes) -> None:
+    """Write `content` to `uri` unless it exists; existing different content is an error."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        if fs.cat_file(path) != content:
+            raise StepError(f"{uri} already exists with other content; it is never replaced")
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, content)

@@ -9,7 +9,6 @@ The digest covers every file (sorted by name), so the same training gives the sa
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,8 @@ import joblib
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
+
+from .artifacts import path_digest
 
 MODEL_FILE = "model.joblib"
 META_FILE = "bundle.json"
@@ -119,8 +120,4 @@ def load_bundle(directory: Path) -> Bundle:
 
 def bundle_digest(directory: Path) -> str:
     """sha256 over (relative name, content) of every file, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return path_digest(directory)

@@ -282,9 +282,7 @@ class XGBoost(Learner):
             estimator.set_params(callbacks=None)
             return int(estimator.get_booster().num_boosted_rounds())
         estimator.set_params(callbacks=callbacks, early_stopping_rounds=patience)
-        estimator.fit(
-            X, y, sample_weight=sample_weight, eval_set=[(X_val, y_val)], verbose=False
-        )
+        estimator.fit(X, y, sample_weight=sample_weight, eval_set=[(X_val, y_val)], verbose=False)
         estimator.set_params(callbacks=None)
         return int(estimator.best_iteration) + 1
 

@@ -64,6 +64,7 @@ import celpy
 import jsonpatch
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
+from celpy import celtypes
 from multidict import CIMultiDict
 from tests.schema_validation import SCHEMAS, crd_schema, load_crd, validate_against_crd
 
@@ -1413,9 +1414,9 @@ class Emulator:
         }
         for condition in conditions:
             result = cel.evaluate(str(condition.get("expression", "")), **variables)
-            if isinstance(result, bool) and not result:
+            if isinstance(result, bool | celtypes.BoolType) and not result:
                 return False
-            if not isinstance(result, bool):
+            if not isinstance(result, bool | celtypes.BoolType):
                 if hook.get("failurePolicy", "Fail") == "Ignore":
                     return False
                 raise ApiFailure(

@@ -80,7 +80,10 @@ def datasets(kind: str, seed: int) -> list[tuple[dict[str, Any], np.ndarray, np.
             out.append((description, X, y))
         return out
     generators: list[tuple[str, dict[str, Any]]] = [
-        ("make_regression", {"n_samples": 1000, "n_features": 20, "n_informative": 8, "noise": 10.0}),
+        (
+            "make_regression",
+            {"n_samples": 1000, "n_features": 20, "n_informative": 8, "noise": 10.0},
+        ),
         ("make_friedman1", {"n_samples": 900, "n_features": 10, "noise": 1.0}),
         ("make_friedman2", {"n_samples": 600, "noise": 50.0}),
         ("make_friedman3", {"n_samples": 1200, "noise": 0.1}),

@@ -32,6 +32,7 @@ from aiml024.api.model import Evidence, Lineage, ModelSource, ModelSpec, ModelSt
 from aiml024.api.step_params import RegisterParams
 from aiml024.api.steps import REGISTRATION, LeaderboardRow, RegisterResult
 
+from ..artifacts import write_once
 from ..bundle import bundle_digest
 from . import StepError, parse_params, run_root_from
 
@@ -91,17 +92,6 @@ def upload(directory: Path, uri: str) -> str:
     return remote_digest(fs, root)
 
 
-def write_once(uri: str, content: bytes) -> None:
-    """Write `content` to `uri` unless it exists; existing different content is an error."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        if fs.cat_file(path) != content:
-            raise StepError(f"{uri} already exists with other content; it is never replaced")
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, content)
-
-
 def remote_digest(fs: fsspec.AbstractFileSystem, root: str) -> str:
     digest = hashlib.sha256()
     prefix = root.rstrip("/") + "/"
@@ -138,7 +128,9 @@ def model_manifest(params: RegisterParams, artifact_uri: str, card_uri: str) -> 
                 model_card_uri=card_uri,
                 model_card_complete=evaluated.card_complete,
                 pii_columns=sorted(pii),
-                pii_action=validated.pii_action if pii else None,
+                pii_action=(
+                    validated.pii_action if pii or validated.pii_action == "unscanned" else None
+                ),
                 calibration=evaluated.calibration,
             ),
             leaderboard=_leaderboard(searched.leaderboard),

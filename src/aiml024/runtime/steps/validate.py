@@ -218,7 +218,7 @@ def validate_frame(df: pd.DataFrame, spec: ExperimentSpec) -> Validation:
     # Never mask the target or the key that joins predictions back to rows.
     keep = tuple(c for c in (target, spec.id_column, spec.time_column) if c)
     pii = detect_pii(df, exclude=keep) if spec.pii.scan else {}
-    pii_action = spec.pii.action if spec.pii.scan else "none"
+    pii_action = spec.pii.action if spec.pii.scan else "unscanned"
     if pii and pii_action == "fail":
         found = ", ".join(f"{c} ({k})" for c, k in pii.items())
         problems.append(
