@@ -23,6 +23,18 @@ _DAY = np.timedelta64(1, "D")
 _DT_ACCESSORS = {"dayofweek": "day_of_week", "dayofyear": "day_of_year"}
 
 
+class StableTfidfVectorizer(TfidfVectorizer):
+    """TfidfVectorizer that pickles the same bytes for the same fit. scikit-learn caches the
+    id() of the stop-word list it last checked (`_stop_words_id`, set again on every
+    transform): a memory address that would make the bundle, and so its digest, differ between
+    identical runs. Left out of the pickle, it is recomputed on the next transform."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_stop_words_id", None)
+        return state
+
+
 class Featurizer(TransformerMixin, BaseEstimator):
     """Column types -> dense float features.
 
@@ -77,8 +89,10 @@ class Featurizer(TransformerMixin, BaseEstimator):
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_levels]
         return {level: code for code, (level, _) in enumerate(ordered)}
 
-    def _fit_text(self, texts: pd.Series) -> tuple[TfidfVectorizer, TruncatedSVD | None] | None:
-        vectorizer = TfidfVectorizer(
+    def _fit_text(
+        self, texts: pd.Series
+    ) -> tuple[StableTfidfVectorizer, TruncatedSVD | None] | None:
+        vectorizer = StableTfidfVectorizer(
             max_features=self.text_max_features,
             ngram_range=(1, 2),
             sublinear_tf=True,
