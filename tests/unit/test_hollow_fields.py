@@ -322,6 +322,10 @@ STATUS_UNWRITTEN: dict[str, dict[str, str]] = {
             "no step measures fairness; the promotion policy reads it (an empty map passes)"
         ),
         "status.evidence.explanationUri": "no step produces explanations",
+        "status.evidence.sensitiveAttributes": "no step measures fairness yet (issue 9)",
+        "status.evidence.reportUri": "no step renders the report yet (issue 9)",
+        "status.cardSignature.keyFingerprint": "the card is not signed yet (issue 9)",
+        "status.cardSignature.signatureUri": "the card is not signed yet (issue 9)",
     },
     "Deployment": {
         "status.drift": "no drift score is computed; reconcile only carries the previous value",
@@ -517,6 +521,12 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "spec.features.text.method=embeddings": {"features": {"text": {"method": "embeddings"}}},
         "spec.constraints.maxCostPerHour": {"constraints": {"maxCostPerHour": 2.5}},
         "spec.resources.gpu": {"resources": {"gpu": 1}},
+        "spec.fairness.sensitiveAttributes": {"fairness": {"sensitiveAttributes": ["region"]}},
+        "spec.fairness.allowAsFeatures": {"fairness": {"allowAsFeatures": True}},
+        "spec.explain.immutableFeatures": {"explain": {"immutableFeatures": ["tenure"]}},
+        "spec.explain.topFeatures": {"explain": {"topFeatures": 3}},
+        "spec.costMatrix": {"costMatrix": {"falsePositive": 1, "falseNegative": 5}},
+        "spec.expectations": {"expectations": [{"column": "tenure", "min": 0}]},
     },
     "Model": {},
     "Deployment": {

@@ -165,6 +165,57 @@ class Resources(Strict):
     tolerations: list[Toleration] = Field(default_factory=list)
 
 
+class Fairness(Strict):
+    """Fairness audit: per-group metrics and the disparities the promotion policy judges."""
+
+    sensitive_attributes: list[str] = Field(
+        default_factory=list,
+        description="Columns whose groups are compared (e.g. an age band or region). They are "
+        "left out of the features unless allowAsFeatures. Not supported yet (refused).",
+    )
+    allow_as_features: bool = Field(
+        default=False,
+        description="Also train on the sensitive attributes. Not supported yet (refused).",
+    )
+
+
+class Explain(Strict):
+    """What the explanations cover."""
+
+    immutable_features: list[str] = Field(
+        default_factory=list,
+        description="Columns a counterfactual keeps fixed (e.g. age): only the others may "
+        "change. Not supported yet (refused).",
+    )
+    top_features: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="How many of the most important features get PDP/ICE. Not supported yet "
+        "(refused).",
+    )
+
+
+class CostMatrix(Strict):
+    """Binary classification: the cost of each kind of error; the decision threshold minimizes
+    the expected cost on out-of-fold predictions."""
+
+    false_positive: float = Field(ge=0)
+    false_negative: float = Field(ge=0)
+
+
+class Expectation(Strict):
+    """One data expectation the validate step checks; a violation fails the run."""
+
+    column: str = Field(min_length=1)
+    dtype: Literal["numeric", "string", "boolean", "datetime"] | None = None
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = True
+    unique: bool = False
+    allowed_values: list[str | int | float | bool] | None = None
+
+
 class ModelTarget(Strict):
     name: str = Field(min_length=1, max_length=63, description="Name of the Model to register.")
     labels: dict[str, str] = Field(default_factory=dict)
@@ -191,6 +242,17 @@ class ExperimentSpec(Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     resources: Resources = Field(default_factory=Resources)
     model: ModelTarget | None = None
+    fairness: Fairness = Field(default_factory=Fairness)
+    explain: Explain = Field(default_factory=Explain)
+    cost_matrix: CostMatrix | None = Field(
+        default=None,
+        description="Binary classification: pick the decision threshold that minimizes the "
+        "expected cost. Not supported yet (refused).",
+    )
+    expectations: list[Expectation] = Field(
+        default_factory=list,
+        description="Data expectations the validate step checks. Not supported yet (refused).",
+    )
 
     @model_validator(mode="after")
     def _objective_fits_task(self) -> ExperimentSpec:

@@ -84,12 +84,31 @@ class Evidence(Strict):
     pii_action: str | None = None
     fairness: dict[str, float] = Field(
         default_factory=dict,
-        description="Read by the promotion policy; not written yet: no step measures fairness.",
+        description="`<attribute>.demographic_parity_difference` and "
+        "`<attribute>.equalized_odds_difference` on the holdout, per sensitive attribute.",
     )
-    calibration: dict[str, float] = Field(default_factory=dict)
+    sensitive_attributes: list[str] = Field(
+        default_factory=list,
+        description="The spec's sensitive attributes: each needs its fairness figures.",
+    )
+    calibration: dict[str, float] = Field(
+        default_factory=dict, description="Holdout `ece` and `brier` (classification)."
+    )
     explanation_uri: str | None = Field(
-        default=None, description="Not written yet: no step produces explanations."
+        default=None,
+        description="explanations.json: global SHAP, permutation importance, "
+        "PDP/ICE of the top features.",
     )
+    report_uri: str | None = Field(
+        default=None, description="The experiment's self-contained HTML report."
+    )
+
+
+class CardSignature(Strict):
+    """The model card's Ed25519 signature, over the card's and the bundle's digests."""
+
+    key_fingerprint: str = Field(description="sha256 of the signing key's raw public key.")
+    signature_uri: str
 
 
 class ModelStatus(StatusBase):
@@ -104,6 +123,7 @@ class ModelStatus(StatusBase):
     approvals: list[Approval] = Field(default_factory=list)
     stage: Stage = "none"
     lineage: Lineage | None = None
+    card_signature: CardSignature | None = None
 
 
 class Model(Strict):
