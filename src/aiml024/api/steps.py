@@ -94,6 +94,10 @@ class EvaluateResult(Strict):
     members: list[str] = Field(default_factory=list)
     weights: list[float] = Field(default_factory=list)
     calibration: dict[str, float] = Field(default_factory=dict)
+    fairness: dict[str, float] = Field(
+        default_factory=dict, description="api.model.Evidence.fairness, measured on the holdout."
+    )
+    sensitive_attributes: list[str] = Field(default_factory=list)
     card_complete: bool
     threshold: float = 0.5
     trial: int | None = Field(default=None, description="The best single trial's number.")
