@@ -214,11 +214,68 @@ quality_violations contains "pii_unscanned: the data was not scanned for persona
 	object.get(evidence, "piiAction", null) == "unscanned"
 }
 
+# Fairness: evidence.fairness holds `<attribute>.demographic_parity_difference` and
+# `<attribute>.equalized_odds_difference` for each attribute in evidence.sensitiveAttributes
+# (spec.fairness.sensitiveAttributes). Every such figure recorded is judged, named or not.
 quality_violations contains msg if {
-	some name, value in object.get(evidence, "fairness", {})
-	endswith(name, "_disparity")
-	value > thresholds.max_disparity
-	msg := sprintf("fairness_disparity: %v %v > %v", [name, num(value), num(thresholds.max_disparity)])
+	some name, value in fairness
+	endswith(name, ".demographic_parity_difference")
+	limit := thresholds.max_demographic_parity_difference
+	is_number(value)
+	value > limit
+	msg := sprintf("fairness_demographic_parity: %v %v > %v", [name, num(value), num(limit)])
+}
+
+quality_violations contains msg if {
+	some name, value in fairness
+	endswith(name, ".equalized_odds_difference")
+	limit := thresholds.max_equalized_odds_difference
+	is_number(value)
+	value > limit
+	msg := sprintf("fairness_equalized_odds: %v %v > %v", [name, num(value), num(limit)])
+}
+
+# A figure that is not recorded (or not a number) cannot be judged: it denies. Regression
+# makes no decisions, so it has no parity figures (its groups get error tables in the card).
+quality_violations contains msg if {
+	object.get(model, "task", null) != "regression"
+	some attribute in sensitive_attributes
+	missing := [key |
+		some figure in fairness_figures
+		key := sprintf("%v.%v", [attribute, figure])
+		not is_number(object.get(fairness, key, null))
+	]
+	count(missing) > 0
+	msg := sprintf(
+		"fairness_missing: evidence.fairness has no %v; every sensitive attribute needs its demographic parity and equalized odds differences",
+		[concat(", ", missing)],
+	)
+}
+
+# Calibration: a classifier's probabilities must be calibrated (expected calibration error).
+quality_violations contains msg if {
+	model.task == "classification"
+	not is_number(object.get(calibration, "ece", null))
+	msg := sprintf(
+		"calibration_missing: a classification model needs evidence.calibration.ece (expected calibration error on the holdout); the model reports %v",
+		[reported(calibration)],
+	)
+}
+
+quality_violations contains msg if {
+	model.task == "classification"
+	ece := calibration.ece
+	is_number(ece)
+	ece > thresholds.max_ece
+	msg := sprintf("calibration_ece: expected calibration error %v > %v", [num(ece), num(thresholds.max_ece)])
+}
+
+# A limit that is not configured would let every figure through: deny instead.
+quality_violations contains msg if {
+	is_object(thresholds)
+	some name in limit_settings
+	not is_number(object.get(thresholds, name, null))
+	msg := sprintf("policy_error: thresholds.%v is not a number (policies/data.json)", [name])
 }
 
 # --- four eyes -----------------------------------------------------------------------------
@@ -291,6 +348,16 @@ metrics := object.get(model, "metrics", {})
 baseline := object.get(model, "baselineMetrics", {})
 
 evidence := object.get(model, "evidence", {})
+
+fairness := object.get(evidence, "fairness", {})
+
+sensitive_attributes := object.get(evidence, "sensitiveAttributes", [])
+
+calibration := object.get(evidence, "calibration", {})
+
+fairness_figures := ["demographic_parity_difference", "equalized_odds_difference"]
+
+limit_settings := ["max_demographic_parity_difference", "max_equalized_odds_difference", "max_ece"]
 
 present(obj, key) if {
 	is_string(obj[key])

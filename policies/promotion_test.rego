@@ -17,8 +17,12 @@ good_model := {
 		"modelCardComplete": true,
 		"piiColumns": ["email"],
 		"piiAction": "mask",
-		"fairness": {"sex_demographic_parity_disparity": 0.04, "sex_selection_rate": 0.9},
-		"calibration": {"brier": 0.12},
+		"sensitiveAttributes": ["sex"],
+		"fairness": {
+			"sex.demographic_parity_difference": 0.04,
+			"sex.equalized_odds_difference": 0.06,
+		},
+		"calibration": {"ece": 0.021, "brier": 0.12},
 	},
 	"lineage": {
 		"datasetUri": "s3://data/churn.parquet",
@@ -189,13 +193,165 @@ test_unscanned_data_cannot_reach_production if {
 	denied_with(prod_result(m), "pii_unscanned: the data was not scanned for personal data (spec.pii.scan is false); scan it before production")
 }
 
-test_fairness_disparity_above_threshold if {
-	m := patched({"evidence": {"fairness": {"sex_demographic_parity_disparity": 0.23}}})
-	denied_with(prod_result(m), "fairness_disparity: sex_demographic_parity_disparity 0.23 > 0.10")
+# --- fairness --------------------------------------------------------------------------
+
+with_fairness(figures) := patched({"evidence": {"fairness": figures}})
+
+# good_model with only these sensitive attributes and fairness figures
+fairness_evidence(attributes, figures) := replaced_evidence({"sensitiveAttributes": attributes, "fairness": figures})
+
+# good_model with these evidence fields replaced whole (object.union would merge them)
+replaced_evidence(fields) := replaced(
+	"evidence",
+	object.union(object.remove(good_model.evidence, object.keys(fields)), fields),
+)
+
+test_demographic_parity_above_threshold if {
+	r := prod_result(with_fairness({"sex.demographic_parity_difference": 0.23}))
+	r == {"decision": "deny", "violations": ["fairness_demographic_parity: sex.demographic_parity_difference 0.23 > 0.10"]}
 }
 
-test_fairness_keys_without_disparity_suffix_are_not_limits if {
-	prod_result(patched({"evidence": {"fairness": {"sex_selection_rate": 0.95}}})).decision == "allow"
+test_equalized_odds_above_threshold if {
+	r := prod_result(with_fairness({"sex.equalized_odds_difference": 0.15}))
+	r == {"decision": "deny", "violations": ["fairness_equalized_odds: sex.equalized_odds_difference 0.15 > 0.10"]}
+}
+
+test_fairness_at_the_threshold_is_allowed if {
+	m := with_fairness({"sex.demographic_parity_difference": 0.1, "sex.equalized_odds_difference": 0.1})
+	prod_result(m).decision == "allow"
+}
+
+test_fairness_just_above_the_threshold_is_not_rounded_down if {
+	r := prod_result(with_fairness({"sex.demographic_parity_difference": 0.1004}))
+	denied_with(r, "fairness_demographic_parity: sex.demographic_parity_difference 0.1004 > 0.10")
+}
+
+test_every_sensitive_attribute_is_judged if {
+	m := fairness_evidence(["sex", "age_band"], {
+		"sex.demographic_parity_difference": 0.04,
+		"sex.equalized_odds_difference": 0.06,
+		"age_band.demographic_parity_difference": 0.31,
+		"age_band.equalized_odds_difference": 0.12,
+	})
+	prod_result(m).violations == [
+		"fairness_demographic_parity: age_band.demographic_parity_difference 0.31 > 0.10",
+		"fairness_equalized_odds: age_band.equalized_odds_difference 0.12 > 0.10",
+	]
+}
+
+test_a_recorded_figure_is_judged_even_for_an_unnamed_attribute if {
+	m := fairness_evidence([], {"region.demographic_parity_difference": 0.2})
+	denied_with(prod_result(m), "fairness_demographic_parity: region.demographic_parity_difference 0.20 > 0.10")
+}
+
+test_fairness_missing_for_a_sensitive_attribute if {
+	m := fairness_evidence(["sex"], {"sex.demographic_parity_difference": 0.04})
+	r := prod_result(m)
+	r == {"decision": "deny", "violations": ["fairness_missing: evidence.fairness has no sex.equalized_odds_difference; every sensitive attribute needs its demographic parity and equalized odds differences"]}
+}
+
+test_fairness_missing_names_each_attribute_and_figure if {
+	m := fairness_evidence(["sex", "age_band"], {})
+	prod_result(m).violations == [
+		"fairness_missing: evidence.fairness has no age_band.demographic_parity_difference, age_band.equalized_odds_difference; every sensitive attribute needs its demographic parity and equalized odds differences",
+		"fairness_missing: evidence.fairness has no sex.demographic_parity_difference, sex.equalized_odds_difference; every sensitive attribute needs its demographic parity and equalized odds differences",
+	]
+}
+
+test_a_fairness_figure_that_is_not_a_number_is_missing if {
+	m := with_fairness({"sex.equalized_odds_difference": null})
+	denied_with_rule(prod_result(m), "fairness_missing")
+}
+
+test_regression_needs_no_parity_figures if {
+	m := regression_model({"rmse": 3.1, "r2": 0.5}, {"rmse": 4.0})
+	without_figures := object.union(
+		object.remove(m, ["evidence"]),
+		{"evidence": object.union(object.remove(good_model.evidence, ["fairness"]), {"fairness": {}})},
+	)
+	prod_result(without_figures) == {"decision": "allow", "violations": []}
+	without_figures.evidence.sensitiveAttributes == ["sex"]
+}
+
+test_a_model_of_no_known_task_needs_its_fairness_figures if {
+	m := object.remove(fairness_evidence(["sex"], {}), ["task"])
+	denied_with_rule(prod_result(m), "fairness_missing")
+}
+
+test_no_sensitive_attributes_need_no_fairness_figures if {
+	prod_result(fairness_evidence([], {})).decision == "allow"
+}
+
+test_other_fairness_figures_are_not_limits if {
+	m := with_fairness({"sex.selection_rate": 0.95, "sex_demographic_parity_disparity": 0.5})
+	prod_result(m).decision == "allow"
+}
+
+test_fairness_thresholds_are_data if {
+	m := with_fairness({"sex.demographic_parity_difference": 0.23, "sex.equalized_odds_difference": 0.15})
+	tuned := object.union(
+		data.aiml024.thresholds,
+		{"max_demographic_parity_difference": 0.25, "max_equalized_odds_difference": 0.2},
+	)
+	r := result with input as prod(m) with data.aiml024.thresholds as tuned
+	r.decision == "allow"
+}
+
+test_the_product_fairness_and_calibration_thresholds if {
+	data.aiml024.thresholds.max_demographic_parity_difference == 0.1
+	data.aiml024.thresholds.max_equalized_odds_difference == 0.1
+	data.aiml024.thresholds.max_ece == 0.05
+	data.aiml024.thresholds.minimum_metrics.classification.auc == 0.7
+}
+
+test_a_missing_fairness_threshold_denies if {
+	loose := object.remove(data.aiml024.thresholds, ["max_equalized_odds_difference"])
+	m := with_fairness({"sex.equalized_odds_difference": 0.9})
+	r := result with input as prod(m) with data.aiml024.thresholds as loose
+	r == {"decision": "deny", "violations": ["policy_error: thresholds.max_equalized_odds_difference is not a number (policies/data.json)"]}
+}
+
+# --- calibration -----------------------------------------------------------------------
+
+test_calibration_missing if {
+	m := replaced_evidence({"calibration": {"brier": 0.12}})
+	r := prod_result(m)
+	r == {"decision": "deny", "violations": ["calibration_missing: a classification model needs evidence.calibration.ece (expected calibration error on the holdout); the model reports brier"]}
+}
+
+test_calibration_missing_without_any_figure if {
+	m := replaced("evidence", object.remove(good_model.evidence, ["calibration"]))
+	denied_with(prod_result(m), "calibration_missing: a classification model needs evidence.calibration.ece (expected calibration error on the holdout); the model reports none")
+}
+
+test_calibration_ece_above_threshold if {
+	r := prod_result(patched({"evidence": {"calibration": {"ece": 0.08}}}))
+	r == {"decision": "deny", "violations": ["calibration_ece: expected calibration error 0.08 > 0.05"]}
+}
+
+test_calibration_ece_at_the_threshold_is_allowed if {
+	prod_result(patched({"evidence": {"calibration": {"ece": 0.05}}})).decision == "allow"
+}
+
+test_regression_needs_no_calibration if {
+	m := regression_model({"rmse": 3.1, "r2": 0.5}, {"rmse": 4.0})
+	uncalibrated := object.union(
+		object.remove(m, ["evidence"]),
+		{"evidence": object.remove(good_model.evidence, ["calibration"])},
+	)
+	prod_result(uncalibrated) == {"decision": "allow", "violations": []}
+}
+
+test_a_missing_ece_threshold_denies if {
+	loose := object.remove(data.aiml024.thresholds, ["max_ece"])
+	r := result with input as prod(good_model) with data.aiml024.thresholds as loose
+	denied_with(r, "policy_error: thresholds.max_ece is not a number (policies/data.json)")
+}
+
+test_staging_needs_no_fairness_or_calibration if {
+	bare := replaced("evidence", {"sensitiveAttributes": ["sex"], "fairness": {}, "calibration": {}})
+	r := result with input as {"model": bare, "stage": "staging", "approvals": []}
+	r == {"decision": "allow", "violations": []}
 }
 
 # --- integrity: artifact, digest, lineage ---------------------------------------------

@@ -121,6 +121,27 @@ EXERCISED: dict[str, dict[str, str]] = {
         "spec.features.dropColumns": "tests/unit/test_features.py::test_drop_columns_are_ignored",
         "spec.pii.scan": "tests/unit/test_validate.py::TestPii::test_scan_off_leaves_data_alone_and_says_it_was_not_scanned",
         "spec.pii.action": "tests/unit/test_validate.py::TestPii::test_drop_removes_the_columns",
+        "spec.fairness.sensitiveAttributes": (
+            "tests/unit/test_evidence.py::test_fairness_is_measured_over_the_sensitive_attribute_it_does_not_train_on"
+        ),
+        "spec.fairness.allowAsFeatures": "tests/unit/test_evidence.py::test_sensitive_attributes_are_features_only_when_allowed",
+        "spec.explain.immutableFeatures": (
+            "tests/unit/test_evidence.py::test_a_counterfactual_flips_the_decision_without_touching_immutables"
+        ),
+        "spec.explain.topFeatures": (
+            "tests/unit/test_evidence.py::test_explanations_cover_shap_importance_pdp_ice_and_counterfactuals"
+        ),
+        "spec.costMatrix.falsePositive": "tests/unit/test_evidence.py::test_the_cost_matrix_moves_the_threshold",
+        "spec.costMatrix.falseNegative": "tests/unit/test_evidence.py::test_the_cost_matrix_moves_the_threshold",
+        "spec.expectations[].column": "tests/unit/test_validate.py::TestExpectations::test_a_missing_column_is_a_violation",
+        "spec.expectations[].dtype": "tests/unit/test_validate.py::TestExpectations::test_a_violation_fails_the_run_naming_column_check_and_values",
+        "spec.expectations[].min": "tests/unit/test_validate.py::TestExpectations::test_a_violation_fails_the_run_naming_column_check_and_values",
+        "spec.expectations[].max": "tests/unit/test_validate.py::TestExpectations::test_several_violations_and_other_problems_fail_together",
+        "spec.expectations[].nullable": "tests/unit/test_validate.py::TestExpectations::test_several_violations_and_other_problems_fail_together",
+        "spec.expectations[].unique": "tests/unit/test_validate.py::TestExpectations::test_several_violations_and_other_problems_fail_together",
+        "spec.expectations[].allowedValues": (
+            "tests/unit/test_validate.py::TestExpectations::test_several_violations_and_other_problems_fail_together"
+        ),
         "spec.constraints.latencyP95Ms": (
             "tests/unit/test_search_objectives.py::"
             "test_serving_constraints_choose_the_best_model_that_meets_them"
@@ -219,6 +240,7 @@ EXERCISED: dict[str, dict[str, str]] = {
 # added here (implemented) or refused in UNSUPPORTED as `path=value`.
 IMPLEMENTED_VALUES: dict[str, dict[str, set[str]]] = {
     "Experiment": {
+        "spec.expectations[].dtype": {"numeric", "string", "boolean", "datetime"},
         "spec.task": {"classification", "regression"},
         "spec.data.format": {"auto", "csv", "parquet"},
         "spec.objective": {
@@ -302,6 +324,9 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
         "status.evidence.piiColumns": _REGISTER,
         "status.evidence.piiAction": _REGISTER,
         "status.evidence.calibration": _REGISTER,
+        "status.evidence.fairness": _REGISTER,
+        "status.evidence.sensitiveAttributes": _REGISTER,
+        "status.evidence.explanationUri": _REGISTER,
     },
     "Deployment": {
         "status.observedGeneration": _RECONCILE_DEPLOYMENT,
@@ -318,11 +343,6 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
 STATUS_UNWRITTEN: dict[str, dict[str, str]] = {
     "Experiment": {},
     "Model": {
-        "status.evidence.fairness": (
-            "no step measures fairness; the promotion policy reads it (an empty map passes)"
-        ),
-        "status.evidence.explanationUri": "no step produces explanations",
-        "status.evidence.sensitiveAttributes": "no step measures fairness yet (issue 9)",
         "status.evidence.reportUri": "no step renders the report yet (issue 9)",
         "status.cardSignature.keyFingerprint": "the card is not signed yet (issue 9)",
         "status.cardSignature.signatureUri": "the card is not signed yet (issue 9)",
@@ -521,12 +541,6 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "spec.features.text.method=embeddings": {"features": {"text": {"method": "embeddings"}}},
         "spec.constraints.maxCostPerHour": {"constraints": {"maxCostPerHour": 2.5}},
         "spec.resources.gpu": {"resources": {"gpu": 1}},
-        "spec.fairness.sensitiveAttributes": {"fairness": {"sensitiveAttributes": ["region"]}},
-        "spec.fairness.allowAsFeatures": {"fairness": {"allowAsFeatures": True}},
-        "spec.explain.immutableFeatures": {"explain": {"immutableFeatures": ["tenure"]}},
-        "spec.explain.topFeatures": {"explain": {"topFeatures": 3}},
-        "spec.costMatrix": {"costMatrix": {"falsePositive": 1, "falseNegative": 5}},
-        "spec.expectations": {"expectations": [{"column": "tenure", "min": 0}]},
     },
     "Model": {},
     "Deployment": {

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tests.conftest import EXAMPLES
 
@@ -232,3 +234,68 @@ def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     small_frame().to_csv(Path("data.csv"), index=False)
     assert len(read_table("data.csv")) == 60
+
+
+class TestDuplicateHeaders:
+    """pandas renames a repeated CSV header 'a' to 'a.1' and Arrow refuses it in its own words:
+    either way the user learns which header repeats, and where."""
+
+    def test_csv_is_refused_naming_the_headers_and_columns(self, tmp_path):
+        (tmp_path / "dup.csv").write_text("a,b,a,label\n1,2,3,0\n4,5,6,1\n")
+        with pytest.raises(StepError) as error:
+            read_table(str(tmp_path / "dup.csv"))
+        assert str(error.value) == (
+            f"data.uri {tmp_path / 'dup.csv'} has duplicate column headers: a (columns 1 and 3); "
+            "give each column its own name"
+        )
+
+    def test_every_repeated_header_is_named(self, memory_dir):
+        uri = f"{memory_dir}/dup.tsv.gz"
+        with fsspec.open(uri, "wb", compression="gzip") as f:
+            f.write(b"x\tamount\tx\tplan\tamount\tamount\n1\t2\t3\tp\t5\t6\n")
+        with pytest.raises(
+            StepError,
+            match=r"duplicate column headers: x \(columns 1 and 3\), "
+            r"amount \(columns 2, 5 and 6\);",
+        ):
+            read_table(uri)
+
+    def test_a_header_that_only_looks_renamed_is_kept(self, tmp_path):
+        (tmp_path / "ok.csv").write_text("a,a.1,label\n1,2,0\n")
+        assert list(read_table(str(tmp_path / "ok.csv")).columns) == ["a", "a.1", "label"]
+
+    def test_blank_headers_are_not_duplicates(self, tmp_path):
+        (tmp_path / "blank.csv").write_text("a,,,label\n1,2,3,0\n")
+        assert list(read_table(str(tmp_path / "blank.csv")).columns) == [
+            "a",
+            "Unnamed: 1",
+            "Unnamed: 2",
+            "label",
+        ]
+
+    def test_parquet_file_and_directory(self, tmp_path):
+        columns = [pa.array([1, 2]), pa.array([3, 4]), pa.array([5, 6])]
+        table = pa.table(columns, names=["label", "b", "label"])
+        pq.write_table(table, tmp_path / "dup.parquet")
+        (tmp_path / "parts").mkdir()
+        pq.write_table(table, tmp_path / "parts" / "part-0.parquet")
+        for name in ("dup.parquet", "parts"):
+            with pytest.raises(StepError) as error:
+                read_table(str(tmp_path / name))
+            assert str(error.value) == (
+                f"data.uri {tmp_path / name} has duplicate column headers: "
+                "label (columns 1 and 3); give each column its own name"
+            )
+
+    def test_the_ingest_step_refuses_it(self, tmp_path):
+        df = small_frame()
+        text = df.to_csv(index=False).replace("id,amount,plan,label", "id,plan,plan,label", 1)
+        (tmp_path / "dup.csv").write_text(text)
+        with pytest.raises(StepError, match=r"duplicate column headers: plan \(columns 2 and 3\)"):
+            ingest.run(params_for(str(tmp_path / "dup.csv")), tmp_path, tmp_path / "out")
+        assert not (tmp_path / "out" / "dataset").exists()
+
+    def test_a_clean_file_still_passes(self, tmp_path):
+        small_frame().to_csv(tmp_path / "clean.csv", index=False)
+        result = ingest.run(params_for(str(tmp_path / "clean.csv")), tmp_path, tmp_path / "out")
+        assert result["columns"] == ["id", "amount", "plan", "label"] and result["rows"] == 60

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,9 +22,12 @@ from aiml024.api.model import (
     ModelStatus,
 )
 from aiml024.policy import (
+    RESULT_QUERY,
     GateResult,
+    RegorusEngine,
     default_policy_dir,
     evaluate,
+    load_bundle,
     policy_input,
     promotion_decision,
     write_pin,
@@ -45,7 +50,12 @@ def make_model(owner: str = "alice", **status: object) -> Model:
             model_card_complete=True,
             pii_columns=["email"],
             pii_action="mask",
-            fairness={"sex_demographic_parity_disparity": 0.03},
+            sensitive_attributes=["sex"],
+            fairness={
+                "sex.demographic_parity_difference": 0.03,
+                "sex.equalized_odds_difference": 0.05,
+            },
+            calibration={"ece": 0.02, "brier": 0.11},
         ),
         "lineage": Lineage(
             dataset_uri="s3://data/churn.parquet",
@@ -124,6 +134,90 @@ def test_weak_model_is_denied_with_the_metric_and_threshold() -> None:
     result = evaluate(model, "production", POLICIES, [approval("bob")])
     assert result.decision == "deny"
     assert result.violations == ["metric_below_threshold: auc 0.61 < 0.70"]
+
+
+def evidence(**changes: object) -> Evidence:
+    """make_model()'s evidence with some fields replaced."""
+    status = make_model().status
+    assert status is not None
+    return status.evidence.model_copy(update=changes)
+
+
+def test_fairness_is_judged_for_every_sensitive_attribute() -> None:
+    model = make_model(
+        evidence=evidence(
+            sensitive_attributes=["sex", "region"],
+            fairness={
+                "sex.demographic_parity_difference": 0.03,
+                "sex.equalized_odds_difference": 0.05,
+                "region.demographic_parity_difference": 0.23,
+            },
+        )
+    )
+    result = evaluate(model, "production", POLICIES, [approval("bob")])
+    assert result.decision == "deny"
+    assert result.violations == [
+        "fairness_demographic_parity: region.demographic_parity_difference 0.23 > 0.10",
+        "fairness_missing: evidence.fairness has no region.equalized_odds_difference; every "
+        "sensitive attribute needs its demographic parity and equalized odds differences",
+    ]
+
+
+def test_equalized_odds_above_the_threshold_is_denied() -> None:
+    unfair = evidence(
+        fairness={
+            "sex.demographic_parity_difference": 0.03,
+            "sex.equalized_odds_difference": 0.12,
+        }
+    )
+    result = evaluate(make_model(evidence=unfair), "production", POLICIES, [approval("bob")])
+    assert (result.decision, result.violations) == (
+        "deny",
+        ["fairness_equalized_odds: sex.equalized_odds_difference 0.12 > 0.10"],
+    )
+
+
+def test_without_sensitive_attributes_no_fairness_figure_is_needed() -> None:
+    plain = evidence(sensitive_attributes=[], fairness={})
+    result = evaluate(make_model(evidence=plain), "production", POLICIES, [approval("bob")])
+    assert (result.decision, result.violations) == ("allow", [])
+
+
+@pytest.mark.parametrize(
+    ("calibration", "violation"),
+    [
+        (
+            {},
+            "calibration_missing: a classification model needs evidence.calibration.ece "
+            "(expected calibration error on the holdout); the model reports none",
+        ),
+        (
+            {"brier": 0.1},
+            "calibration_missing: a classification model needs evidence.calibration.ece "
+            "(expected calibration error on the holdout); the model reports brier",
+        ),
+        ({"ece": 0.08, "brier": 0.1}, "calibration_ece: expected calibration error 0.08 > 0.05"),
+    ],
+)
+def test_a_classifier_needs_calibrated_probabilities(
+    calibration: dict[str, float], violation: str
+) -> None:
+    model = make_model(evidence=evidence(calibration=calibration))
+    result = evaluate(model, "production", POLICIES, [approval("bob")])
+    assert (result.decision, result.violations) == ("deny", [violation])
+    assert evaluate(model, "staging", POLICIES).decision == "allow"
+
+
+def test_a_regressor_needs_no_calibration() -> None:
+    model = make_model(
+        primary_metric="rmse",
+        metrics={"rmse": 3.1, "r2": 0.5},
+        baseline_metrics={"rmse": 4.0},
+        evidence=evidence(calibration={}),
+    )
+    model.spec.task = "regression"
+    result = evaluate(model, "production", POLICIES, [approval("bob")])
+    assert (result.decision, result.violations) == ("allow", [])
 
 
 def test_staging_needs_lineage_but_not_quality() -> None:
@@ -232,7 +326,7 @@ def test_digest_changes_when_a_policy_or_threshold_changes(policy_dir: Path) -> 
     assert after_policy not in ("", before)
 
     data = policy_dir / "data.json"
-    data.write_text(data.read_text().replace('"max_disparity": 0.1', '"max_disparity": 0.05'))
+    data.write_text(data.read_text().replace('"max_ece": 0.05', '"max_ece": 0.04'))
     write_pin(policy_dir)
     assert evaluate(model, "production", policy_dir, approvals).bundle_digest not in (
         "",
@@ -266,6 +360,26 @@ def test_policy_input_is_the_documented_document() -> None:
     assert model["evidence"]["piiAction"] == "mask"
     assert model["lineage"]["datasetFingerprint"] == "fp-1"
     assert model["sha256"] == "ab" * 32
+
+
+def readme_input_document() -> dict[str, Any]:
+    readme = (POLICIES / "README.md").read_text()
+    section = readme.split("## Promotion input document", 1)[1]
+    block = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
+    assert block is not None
+    return dict(json.loads(block.group(1)))
+
+
+def test_the_documented_input_document_has_every_field_and_is_allowed() -> None:
+    documented = readme_input_document()
+    built = policy_input(make_model(), "production", [approval("bob")])
+    assert set(documented) == set(built)
+    assert set(documented["model"]) == set(built["model"])
+    assert set(documented["model"]["evidence"]) == set(built["model"]["evidence"])
+    assert set(documented["model"]["lineage"]) == set(built["model"]["lineage"])
+    assert set(documented["approvals"][0]) == set(built["approvals"][0])
+    raw = RegorusEngine().evaluate(load_bundle(POLICIES), RESULT_QUERY, documented)
+    assert raw == {"decision": "allow", "violations": []}
 
 
 def test_policy_input_without_status() -> None:

@@ -228,7 +228,7 @@ def test_cli_verify_and_pin(policy_dir: Path) -> None:
     assert "matches its pin: bundle sha256:" in ok.output
 
     data = policy_dir / "data.json"
-    data.write_text(data.read_text().replace('"max_disparity": 0.1', '"max_disparity": 0.05'))
+    data.write_text(data.read_text().replace('"max_ece": 0.05', '"max_ece": 0.04'))
     drifted = runner.invoke(app, ["verify", "--dir", str(policy_dir)])
     assert drifted.exit_code == 1
     assert "data.json changed" in drifted.output

@@ -230,3 +230,133 @@ class TestPii:
     def test_missing_artifact(self, tmp_path):
         with pytest.raises(StepError, match="validate needs the ingest artifact"):
             validate.run(params(), tmp_path, tmp_path / "out")
+
+
+class TestExpectations:
+    """spec.expectations: a violation fails the run, named in the error and in the report."""
+
+    def test_a_violation_fails_the_run_naming_column_check_and_values(self, tmp_path):
+        df = frame()
+        df.loc[[3, 7], "amount"] = [-5.0, -12.5]
+        with pytest.raises(StepError) as error:
+            run_on(df, tmp_path, expectations=[{"column": "amount", "min": 0}])
+        assert str(error.value) == (
+            "expectation on column 'amount' failed (min: 0) in 2 of 120 rows, "
+            "values that are not numbers >= 0: -5, -12.5"
+        )
+        report = json.loads((tmp_path / "out" / "report").read_text())
+        (violation,) = report["expectations"]["violations"]
+        assert violation == {
+            "column": "amount",
+            "check": "min",
+            "message": str(error.value),
+            "failingRows": 2,
+            "examples": [-5.0, -12.5],
+            "rows": [4, 8],
+        }
+        assert report["expectations"]["checked"] == 1
+        assert report["problems"] == [str(error.value)]
+        assert not (tmp_path / "out" / "clean").exists()
+
+    def test_several_violations_and_other_problems_fail_together(self, tmp_path):
+        df = frame().assign(plan=["basic", "gold"] * 60)
+        df.loc[0, "customer"] = "c00001"
+        with pytest.raises(StepError) as error:
+            run_on(
+                df,
+                tmp_path,
+                target="labels",
+                expectations=[
+                    {"column": "plan", "allowedValues": ["basic", "plus", "pro"]},
+                    {"column": "customer", "unique": True, "dtype": "string"},
+                    {"column": "tenure", "dtype": "numeric"},
+                    {"column": "amount", "dtype": "numeric", "nullable": False},  # met
+                ],
+            )
+        message = str(error.value)
+        assert message.split("; ")[:3] == [
+            "expectation on column 'plan' failed (allowedValues: basic, plus, pro) in 60 of 120 "
+            "rows, values not in the list: 'gold' (60 rows)",
+            "expectation on column 'customer' failed (unique: true) in 2 of 120 rows, "
+            "repeated values: 'c00001' (2 rows)",
+            "expectation on column 'tenure' failed: the data has no such column "
+            "(available columns: customer, amount, plan, label)",
+        ]
+        assert "target 'labels' is not a column of the dataset; did you mean 'label'?" in message
+        report = json.loads((tmp_path / "out" / "report").read_text())
+        assert [(v["column"], v["check"]) for v in report["expectations"]["violations"]] == [
+            ("plan", "allowedValues"),
+            ("customer", "unique"),
+            ("tenure", "column"),
+        ]
+        assert len(report["problems"]) == 4
+
+    def test_a_missing_column_is_a_violation(self, tmp_path):
+        with pytest.raises(StepError) as error:
+            run_on(frame(), tmp_path, expectations=[{"column": "Plan", "nullable": False}])
+        assert str(error.value) == (
+            "expectation on column 'Plan' failed: the data has no such column; did you mean "
+            "'plan'? (available columns: customer, amount, plan, label)"
+        )
+
+    def test_met_expectations_pass_and_are_reported(self, tmp_path):
+        expectations = [
+            {"column": "customer", "dtype": "string", "unique": True, "nullable": False},
+            {"column": "amount", "dtype": "numeric", "min": 0, "max": 1000},
+            {"column": "plan", "allowedValues": ["basic", "plus", "pro"]},
+            {"column": "label", "allowedValues": [0, 1]},
+        ]
+        result = run_on(frame(), tmp_path, expectations=expectations)
+        assert result["rows"] == 120
+        report = json.loads((tmp_path / "out" / "report").read_text())
+        assert report["expectations"] == {"checked": 4, "violations": []}
+        assert (tmp_path / "out" / "clean").is_file()
+
+    def test_no_expectations_checks_nothing(self, tmp_path):
+        run_on(frame(), tmp_path)
+        report = json.loads((tmp_path / "out" / "report").read_text())
+        assert report["expectations"] == {"checked": 0, "violations": []}
+
+    def test_checked_on_the_data_as_ingested_before_pii_masking(self, tmp_path):
+        """Masking turns every email into '<email>@domain', which repeats; the raw ones don't."""
+        df = frame().assign(email=[f"user{i}@corp.io" for i in range(120)])
+        unique_email = [{"column": "email", "unique": True}]
+        result = run_on(df, tmp_path, expectations=unique_email)
+        assert result["pii"] == {"email": "email"}
+        # Dropped as PII, the column is still checked: a violation there still fails.
+        df.loc[1, "email"] = "user0@corp.io"
+        with pytest.raises(StepError, match=r"column 'email' failed \(unique: true\)"):
+            run_on(df, tmp_path, pii={"action": "drop"}, expectations=unique_email)
+
+    def test_checked_before_rows_without_a_target_are_dropped(self, tmp_path):
+        df = frame().astype({"label": "float64"})
+        df.loc[[0, 5], "label"] = np.nan
+        assert run_on(df, tmp_path)["droppedRows"] == 2  # without the expectation: dropped
+        with pytest.raises(StepError) as error:
+            run_on(df, tmp_path, expectations=[{"column": "label", "nullable": False}])
+        assert str(error.value) == (
+            "expectation on column 'label' failed (nullable: false) in 2 of 120 rows, "
+            "missing at data rows 1, 6"
+        )
+
+    def test_the_churn_example_meets_its_expectations(self, tmp_path):
+        spec = {
+            "data": {"uri": str(CHURN)},
+            "target": "churned",
+            "idColumn": "customer_id",
+            "features": {"textColumns": ["last_message"]},
+            "expectations": [
+                {"column": "customer_id", "dtype": "string", "unique": True, "nullable": False},
+                {"column": "tenure_months", "dtype": "numeric", "min": 0},
+                {"column": "signup_date", "dtype": "datetime", "nullable": False},
+                {"column": "senior", "dtype": "boolean"},
+                {"column": "churned", "allowedValues": [0, 1], "nullable": False},
+            ],
+        }
+        ingested = ingest.run(ingest_params(**spec), tmp_path, tmp_path / "ingest-out")
+        (tmp_path / "in").mkdir()
+        shutil.copy(tmp_path / "ingest-out" / "dataset", tmp_path / "in" / "dataset")
+        result = validate.run(
+            {**params(**spec), "ingest": ingested}, tmp_path / "in", tmp_path / "out"
+        )
+        assert result["rows"] == 24_000

@@ -171,11 +171,11 @@ class Fairness(Strict):
     sensitive_attributes: list[str] = Field(
         default_factory=list,
         description="Columns whose groups are compared (e.g. an age band or region). They are "
-        "left out of the features unless allowAsFeatures. Not supported yet (refused).",
+        "left out of the features unless allowAsFeatures.",
     )
     allow_as_features: bool = Field(
         default=False,
-        description="Also train on the sensitive attributes. Not supported yet (refused).",
+        description="Also train on the sensitive attributes.",
     )
 
 
@@ -184,15 +184,13 @@ class Explain(Strict):
 
     immutable_features: list[str] = Field(
         default_factory=list,
-        description="Columns a counterfactual keeps fixed (e.g. age): only the others may "
-        "change. Not supported yet (refused).",
+        description="Columns a counterfactual keeps fixed (e.g. age): only the others may change.",
     )
     top_features: int = Field(
         default=5,
         ge=1,
         le=20,
-        description="How many of the most important features get PDP/ICE. Not supported yet "
-        "(refused).",
+        description="How many of the most important features get PDP/ICE.",
     )
 
 
@@ -247,11 +245,11 @@ class ExperimentSpec(Strict):
     cost_matrix: CostMatrix | None = Field(
         default=None,
         description="Binary classification: pick the decision threshold that minimizes the "
-        "expected cost. Not supported yet (refused).",
+        "expected cost.",
     )
     expectations: list[Expectation] = Field(
         default_factory=list,
-        description="Data expectations the validate step checks. Not supported yet (refused).",
+        description="Data expectations the validate step checks.",
     )
 
     @model_validator(mode="after")

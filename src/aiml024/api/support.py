@@ -47,13 +47,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "spec.resources.gpu": (
             "no learner trains on a GPU: the search would hold a GPU it never uses; remove it"
         ),
-        # Issue 9, being built: each entry goes when its step does what the field says.
-        "spec.fairness.sensitiveAttributes": "no step measures fairness yet",
-        "spec.fairness.allowAsFeatures": "no step measures fairness yet",
-        "spec.explain.immutableFeatures": "no step computes counterfactuals yet",
-        "spec.explain.topFeatures": "no step computes PDP/ICE yet",
-        "spec.costMatrix": "the decision threshold is not optimized for costs yet",
-        "spec.expectations": "the validate step does not check expectations yet",
     },
     "Model": {},
     "Deployment": {

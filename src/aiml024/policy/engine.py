@@ -314,33 +314,100 @@ class RegorusEngine:
 
 
 _PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.MULTILINE)
+TEST_SUFFIX = "_test.rego"
+
+
+@dataclass(frozen=True)
+class RegoTestResult:
+    """One Rego test: `PASS` when the rule is true, `FAIL` when it is false or undefined,
+    `ERROR` when evaluating it failed (`detail` says why). `prints` is its print() output."""
+
+    rule: str
+    outcome: str
+    detail: str = ""
+    prints: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "PASS"
 
 
 def _test_files(policy_dir: Path) -> tuple[tuple[str, str], ...]:
-    paths = _guard(f"list {policy_dir}", lambda: sorted(policy_dir.glob("*_test.rego")))
-    return tuple((p.name, _read(p).decode("utf-8")) for p in paths)
+    paths = _guard(f"list {policy_dir}", lambda: sorted(policy_dir.glob(f"*{TEST_SUFFIX}")))
+    files: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            files.append((path.name, _read(path).decode("utf-8")))
+        except UnicodeDecodeError as error:
+            raise PolicyError(f"cannot read {path}: {error}") from None
+    return tuple(files)
 
 
-def rego_tests(policy_dir: Path) -> list[str]:
-    """The rule paths (`data.<package>.test_x`) of every Rego test in policy_dir."""
-    engine = RegorusEngine().load(load_bundle(policy_dir), _test_files(policy_dir))
+def _test_engine(policy_dir: Path, verify_pin: bool) -> Any:
+    """A regorus engine with the bundle, its data and every *_test.rego file loaded.
+
+    PolicyError when a file cannot be read or a module (test or not) does not compile."""
+    return RegorusEngine().load(
+        load_bundle(Path(policy_dir), verify_pin=verify_pin), _test_files(Path(policy_dir))
+    )
+
+
+def _test_rules(engine: Any) -> list[str]:
+    """The rule paths (`data.<package>.test_x`) of the test rules the engine holds, in file
+    order: rules (not functions) whose name starts with `test_`, in any module."""
     found: list[str] = []
     for module in json.loads(engine.get_ast_as_json()):
         declared = _PACKAGE.search(module["source"]["contents"])
         package = f"data.{declared.group(1)}" if declared else None
         for rule in module["ast"]["rules"]:
-            for head in rule.get("Spec", {}).get("head", {}).values():
+            for kind, head in rule.get("Spec", {}).get("head", {}).items():
                 name = head.get("refr", {}).get("Var", {}).get("value", "")
                 path = f"{package}.{name}"
-                if package and name.startswith("test_") and path not in found:
+                if package and kind != "Func" and name.startswith("test_") and path not in found:
                     found.append(path)
     return found
 
 
-def run_rego_test(policy_dir: Path, rule: str) -> bool:
-    """Evaluate one test rule with the bundle, its data and the test files loaded."""
-    engine = RegorusEngine().load(load_bundle(policy_dir), _test_files(policy_dir))
+def rego_tests(policy_dir: Path) -> list[str]:
+    """The rule paths (`data.<package>.test_x`) of every Rego test in policy_dir (pinned)."""
+    return _test_rules(_test_engine(policy_dir, verify_pin=True))
+
+
+def _run_one(engine: Any, rule: str) -> RegoTestResult:
+    engine = engine.clone()
+    engine.set_gather_prints(True)
     try:
-        return engine.eval_rule(rule) is True
+        value = engine.eval_rule(rule)
     except RuntimeError as error:
-        raise PolicyError(f"{rule}: {describe_error(error)}") from None
+        return RegoTestResult(rule, "ERROR", describe_error(error), tuple(engine.take_prints()))
+    return RegoTestResult(
+        rule, "PASS" if value is True else "FAIL", "", tuple(engine.take_prints())
+    )
+
+
+def run_rego_test(policy_dir: Path, rule: str) -> bool:
+    """Evaluate one test rule with the bundle (pinned), its data and the test files loaded."""
+    result = _run_one(_test_engine(policy_dir, verify_pin=True), rule)
+    if result.outcome == "ERROR":
+        raise PolicyError(f"{rule}: {result.detail}")
+    return result.passed
+
+
+def run_rego_tests(
+    policy_dir: Path, *, verify_pin: bool = False, match: str | None = None
+) -> list[RegoTestResult]:
+    """Run every Rego test in policy_dir (as `opa test` does): each `test_*` rule of every
+    module, with the bundle's modules, data.json and the *_test.rego files loaded.
+
+    The pin is not checked unless `verify_pin` (tests run before a change is pinned).
+    `match` is a regular expression a test's rule path must contain (re.search).
+    Raises PolicyError when a file cannot be read or a module does not compile."""
+    engine = _test_engine(policy_dir, verify_pin)
+    rules = _test_rules(engine)
+    if match is not None:
+        try:
+            pattern = re.compile(match)
+        except re.error as error:
+            raise PolicyError(f"--run {match!r} is not a regular expression: {error}") from None
+        rules = [rule for rule in rules if pattern.search(rule)]
+    return [_run_one(engine, rule) for rule in rules]

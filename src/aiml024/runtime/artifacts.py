@@ -26,6 +26,7 @@ CLEAN = "clean"  # validate -> search, evaluate: the clean table (Parquet)
 SEARCH = "search"  # search -> evaluate: the directory below
 SPLIT_FILE = "split.json"  # the holdout and fold rows (splits.split_document)
 LEADERBOARD_FILE = "leaderboard.json"  # api.steps.Leaderboard: ranked candidates, budget left
+EXPLANATIONS_FILE = "explanations.json"  # evaluate's card/: SHAP, importance, PDP/ICE, examples
 OOF_DIR = "oof"  # trial-<n>.npy: out-of-fold predictions of the leaderboard's trials
 
 

@@ -3,7 +3,8 @@
 The budget covers the search and evaluate's refit: the search stops early enough to leave the
 refit of its likely pick (the ensemble's candidates, each on k/(k-1) x a fold's rows:
 ~REFIT_FACTOR x its mean fold fit) and evaluate's fixed work (interpreter and imports, the
-baseline, the latency probe, the bundle and card: EVALUATE_OVERHEAD_SECONDS). The search
+baseline, the latency probe, the bundle and card: EVALUATE_OVERHEAD_SECONDS; the explanations:
+EXPLAIN_SHARE of the budget). The search
 records what is left (leaderboard.json `budget`); evaluate drops ensemble members whose refit
 would not fit in it (`fit_budget`).
 """
@@ -22,6 +23,13 @@ EVALUATE_OVERHEAD_SECONDS = 2.5
 # What evaluate does after the refit (baseline, latency probe, bundle, card): kept free. The
 # search reserves EVALUATE_OVERHEAD_SECONDS for this and the process start + imports (~1.5 s).
 TAIL_SECONDS = 0.5
+# The explanations (SHAP, permutation importance, PDP/ICE, counterfactuals) get this share of
+# timeBudgetSeconds: the search leaves it free, and evaluate stops explaining when it is spent.
+EXPLAIN_SHARE = 0.1
+
+
+def explain_seconds(budget: float) -> float:
+    return EXPLAIN_SHARE * budget
 
 
 def refit_seconds(fit_seconds: float | None) -> float:

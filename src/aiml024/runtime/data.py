@@ -1,12 +1,13 @@
 """Reading tables from any fsspec URI, inferring column types, fingerprinting a dataset.
 
 Pure functions over pandas frames; the only side effect is reading the URI. Errors a user can
-fix (a wrong URI, a missing backend, an empty or unparseable file) raise StepError with the URI
-in the message.
+fix (a wrong URI, a missing backend, an empty or unparseable file, repeated column headers)
+raise StepError with the URI in the message.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from pathlib import Path
@@ -46,7 +47,49 @@ _DATE_RE = re.compile(
     r"|[A-Za-z]{3,9}\.?\s+\d{1,2},?\s+\d{4}"  # January 31, 2024
     r")(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2}|UTC)?)?\s*$"
 )
+_RENAMED_RE = re.compile(r"^(.*)\.\d+$")  # read_csv's name for a repeated header
 _ID_NAME_RE = re.compile(r"(^|_)id$|^id_|uuid|guid", re.IGNORECASE)
+
+
+def listing(names: list[str], limit: int = 30) -> str:
+    """'a, b, c' or 'a, b, ... (40 in all)'."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def missing_column_hint(column: str, available: list[str]) -> str:
+    """The tail of a message about a column the data lacks: a close match, then the columns
+    ("; did you mean 'churned'? (available columns: ...)")."""
+    lowered = {c.lower(): c for c in available}
+    close = difflib.get_close_matches(column, available, n=3, cutoff=0.6)
+    if column.lower() in lowered and lowered[column.lower()] not in close:
+        close.insert(0, lowered[column.lower()])
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{hint} (available columns: {listing(available) or 'none'})"
+
+
+def _positions(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+
+
+def duplicate_headers(names: list[str]) -> str | None:
+    """'a (columns 1 and 3), b (columns 2, 4 and 5)' for repeated names (counted from 1), or
+    None. Blank headers are not names (pandas calls them 'Unnamed: N') and never repeat."""
+    seen: dict[str, list[int]] = {}
+    for number, name in enumerate(names, start=1):
+        if name.strip():
+            seen.setdefault(name, []).append(number)
+    repeated = [f"{name} (columns {_positions(at)})" for name, at in seen.items() if len(at) > 1]
+    return ", ".join(repeated) if repeated else None
+
+
+def _duplicates_error(uri: str, names: list[str]) -> StepError | None:
+    repeated = duplicate_headers(names)
+    if repeated is None:
+        return None
+    return StepError(
+        f"data.uri {uri} has duplicate column headers: {repeated}; give each column its own name"
+    )
 
 
 def _reason(error: BaseException) -> str:
@@ -113,19 +156,65 @@ def read_table(uri: str, fmt: Format = "auto") -> pd.DataFrame:
     if not is_dir and not info.get("size"):
         raise StepError(f"data.uri {uri} is an empty file (0 bytes)")
     kind = "parquet" if is_dir else _format_of(fs, path, fmt)
+    sep = _CSV_SUFFIXES.get("." + _strip_compression(path).rsplit(".", 1)[-1], ",")
     try:
         if kind == "parquet":
             if is_dir:
                 return pd.read_parquet(path, filesystem=fs)
             with fs.open(path, "rb") as handle:
                 return pd.read_parquet(handle)
-        sep = _CSV_SUFFIXES.get("." + _strip_compression(path).rsplit(".", 1)[-1], ",")
         with fs.open(path, "rb", compression="infer") as handle:
-            return pd.read_csv(handle, sep=sep, low_memory=False)
+            df = pd.read_csv(handle, sep=sep, low_memory=False)
     except pd.errors.EmptyDataError:
         raise StepError(f"data.uri {uri} is empty: no header and no rows") from None
     except Exception as error:  # parser, decoding, decompression and Arrow errors alike
+        # Arrow refuses a schema with a repeated field name in its own words: say which.
+        repeated = (
+            _duplicates_error(uri, _parquet_names(fs, path, is_dir)) if kind == "parquet" else None
+        )
+        if repeated is not None:
+            raise repeated from None
         raise StepError(f"cannot parse data.uri {uri} as {kind}: {_reason(error)}") from None
+    if _maybe_renamed(df.columns):
+        repeated = _duplicates_error(uri, _csv_header(fs, path, sep))
+        if repeated is not None:
+            raise repeated
+    return df
+
+
+def _maybe_renamed(columns: pd.Index) -> bool:
+    """Whether pandas may have renamed a repeated CSV header: 'a', 'a.1' (its only trace)."""
+    names = {str(c) for c in columns}
+    return any(
+        (match := _RENAMED_RE.match(name)) is not None and match.group(1) in names for name in names
+    )
+
+
+def _csv_header(fs: fsspec.AbstractFileSystem, path: str, sep: str) -> list[str]:
+    """The header row as written (read_csv renames a repeated name 'a' to 'a.1')."""
+    with fs.open(path, "rb", compression="infer") as handle:
+        row = pd.read_csv(handle, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(v) for v in row.iloc[0]] if len(row) else []
+
+
+def _parquet_names(fs: fsspec.AbstractFileSystem, path: str, is_dir: bool) -> list[str]:
+    """The column names of a Parquet file (of the first file of a directory); [] if unreadable."""
+    try:
+        if is_dir:
+            files = sorted(
+                p
+                for p in fs.find(path)
+                if not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/"))
+            )
+            if not files:
+                return []
+            path = files[0]
+        import pyarrow.parquet as pq  # only on this error path
+
+        with fs.open(path, "rb") as handle:
+            return list(pq.ParquetFile(handle).schema_arrow.names)
+    except Exception:  # not Parquet after all: the caller reports the original error
+        return []
 
 
 def _sample(values: pd.Series, size: int) -> pd.Series:

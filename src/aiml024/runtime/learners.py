@@ -468,9 +468,13 @@ class EnsembleEstimator(BaseEstimator):
         return total / float(np.sum(self.weights))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self._blend(X)
+        """The blend's class probabilities; calibrated when evaluate chose a calibrator on
+        out-of-fold predictions (`calibrator_`, aiml024.runtime.calibration)."""
+        proba = self._blend(X)
+        calibrator = getattr(self, "calibrator_", None)
+        return proba if calibrator is None else calibrator.calibrate(proba)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.task == "regression":
             return self._blend(X)
-        return self.classes_[self._blend(X).argmax(axis=1)]
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

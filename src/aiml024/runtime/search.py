@@ -28,7 +28,7 @@ import pandas as pd
 
 from aiml024.api import ExperimentSpec
 
-from .budget import EVALUATE_OVERHEAD_SECONDS, refit_seconds
+from .budget import EVALUATE_OVERHEAD_SECONDS, explain_seconds, refit_seconds
 from .ensemble import caruana
 from .learners import DeadlineExceeded, get_learner, infer, train
 from .metrics import parse_objective, score
@@ -143,13 +143,15 @@ class Searcher:
             self._cache.append(Fold(val, X_train, self.y[train], X_val, self.y[val]))
 
     def reserve_seconds(self) -> float:
-        """Seconds the search leaves before the budget's end: evaluate's fixed work and the
+        """Seconds the search leaves before the budget's end: evaluate's fixed work, its
+        explanations' share, and the
         refit of the trials it would most likely fit (the ensemble's candidates, else the
         best), estimated from their measured fold fits."""
         sign = -1.0 if self.direction == "maximize" else 1.0
         records = sorted(list(self.records.values()), key=lambda r: (sign * r.value, r.number))
         keep = top_k(self.spec) if self.spec.search.ensemble.enabled else 1
-        return EVALUATE_OVERHEAD_SECONDS + sum(refit_seconds(r.fit_seconds) for r in records[:keep])
+        fixed = EVALUATE_OVERHEAD_SECONDS + explain_seconds(self.spec.search.time_budget_seconds)
+        return fixed + sum(refit_seconds(r.fit_seconds) for r in records[:keep])
 
     def search_deadline(self) -> float:
         """When trials must stop: the budget's end less the reserve for evaluate."""

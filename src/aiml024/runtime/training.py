@@ -35,6 +35,9 @@ class TrainingData:
     task: str
     classes: list[Any]
     types: dict[str, str]
+    # spec.fairness.sensitiveAttributes of these rows: the groups fairness is measured over
+    # (not features unless spec.fairness.allowAsFeatures).
+    sensitive: pd.DataFrame | None = None
 
     @property
     def n_classes(self) -> int:
@@ -55,7 +58,17 @@ def training_data(
     labelled = clean[target].notna().to_numpy()
     rows = np.flatnonzero(labelled)
     frame = clean.iloc[rows].reset_index(drop=True)
+    attributes = list(spec.fairness.sensitive_attributes)
+    missing = [c for c in attributes if c not in frame.columns]
+    if missing:
+        raise StepError(
+            f"fairness.sensitiveAttributes {', '.join(map(repr, missing))} are not columns of "
+            "the data"
+        )
+    sensitive = frame[attributes].reset_index(drop=True) if attributes else None
     excluded = {target, spec.id_column}
+    if not spec.fairness.allow_as_features:
+        excluded |= set(attributes)
     X = frame[[c for c in frame.columns if c not in excluded]]
     known = types or infer_types(X, spec)
     kinds = {c: str(k) for c, k in known.items() if c in X.columns}
@@ -63,12 +76,12 @@ def training_data(
         values = pd.to_numeric(frame[target], errors="coerce")
         if values.isna().any():
             raise StepError(f"target column {target!r} holds non-numeric values")
-        return TrainingData(X, values.to_numpy(float), rows, spec.task, [], kinds)
+        return TrainingData(X, values.to_numpy(float), rows, spec.task, [], kinds, sensitive)
     classes = _classes(frame[target], target_classes)
     if len(classes) < 2:
         raise StepError(f"target column {target!r} has a single class: {classes!r}")
     codes = pd.Categorical(frame[target], categories=classes).codes.astype(np.int64)
-    return TrainingData(X, codes, rows, spec.task, classes, kinds)
+    return TrainingData(X, codes, rows, spec.task, classes, kinds, sensitive)
 
 
 def load_training(

@@ -34,6 +34,7 @@ from aiml024.api.steps import EvaluateResult, Leaderboard, LeaderboardRow
 
 from .. import available_cpus, step_clock
 from ..artifacts import (
+    EXPLANATIONS_FILE,
     LEADERBOARD_FILE,
     OOF_DIR,
     SEARCH,
@@ -43,16 +44,27 @@ from ..artifacts import (
     read_model,
     write_json,
 )
-from ..budget import fit_budget
+from ..budget import explain_seconds, fit_budget
 from ..bundle import Bundle, BundleMeta, InputColumn, save_bundle
+from ..calibration import choose_calibration, cost_threshold, reliability_curve
 from ..card import build_card, render_markdown
 from ..ensemble import blend
+from ..explain import explain_model
+from ..fairness import audit
 from ..learners import EnsembleEstimator
-from ..metrics import all_metrics, best_f1_threshold, better, calibration, parse_objective
+from ..metrics import (
+    all_metrics,
+    best_f1_threshold,
+    better,
+    calibration,
+    direction_of,
+    parse_objective,
+    score,
+)
 from ..pii import PiiMasker
 from ..splits import split_from_document
 from ..training import TrainingData, load_training, make_featurizer
-from . import parse_params
+from . import StepError, parse_params
 
 SERVABLE_TYPES = ("numeric", "categorical", "datetime", "text", "boolean")
 LATENCY_REPEATS = 50
@@ -83,7 +95,11 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     meta = bundle_meta(spec, data, clean, pii, pii_action, typed.code_version)
     # Columns validate dropped (empty, constant) still arrive from clients: accept, ignore.
     known = {c.name for c in meta.columns}
-    meta.ignored_columns = sorted(c for c in validated.dropped_columns if c not in known)
+    # So are the sensitive attributes when they are not features.
+    meta.ignored_columns = sorted(
+        {c for c in validated.dropped_columns if c not in known}
+        | {c for c in spec.fairness.sensitive_attributes if c not in known}
+    )
     # Train on exactly what the server will see: requests are typed by Bundle.frame.
     X = Bundle(None, meta).frame(data.X)
     labels = _labels(data)
@@ -111,16 +127,32 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     meta.members = members
     baseline = baseline_pipeline(spec, data).fit(X_train, data.y[split.train])
 
-    threshold = 0.5
-    if spec.effective_objective == "maximize_f1" and data.n_classes == 2:
-        oof = blend(
-            [np.load(search_dir / OOF_DIR / oof_file(member_trial(m))) for m in members], weights
-        )
-        threshold = best_f1_threshold(data.y[split.train], oof[:, 1])
+    calibrated, threshold = decide_probabilities(spec, data, split, model, search_dir, members,
+                                                 weights)  # fmt: skip
     meta.threshold = threshold
 
     result = holdout_scores(model, baseline, X_hold, y_hold, data, threshold)
+    result["calibrationChoice"] = calibrated
     digest = save_bundle(outputs / "bundle", model, meta)
+    served = Bundle(model, meta)
+    figures, groups = fairness_audit(data, split, served, X_hold)
+    result["fairness"] = {"figures": figures, "groups": groups}
+
+    card_dir = outputs / "card"
+    card_dir.mkdir(parents=True, exist_ok=True)
+    explanations = explain_model(
+        served, X_hold, y_hold, _explain_score(metric, data),
+        budget_seconds=explain_seconds(spec.search.time_budget_seconds),
+        top_features=spec.explain.top_features, immutable=spec.explain.immutable_features,
+        seed=spec.search.seed,
+    )  # fmt: skip
+    if data.task == "classification" and data.n_classes == 2:
+        explanations["calibration"] = {
+            **calibrated,
+            "reliability": reliability_curve(served.predict_proba(X_hold).to_numpy()[:, 1],
+                                             y_hold),
+        }  # fmt: skip
+    write_json(card_dir / EXPLANATIONS_FILE, explanations)
 
     measured = [
         {**row.wire(), **costs[id(row)]} if id(row) in costs else row.wire() for row in board
@@ -128,8 +160,6 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     card = model_card(
         typed, data, split, measured, chosen, members, result, pii, pii_action, outcome
     )
-    card_dir = outputs / "card"
-    card_dir.mkdir(parents=True, exist_ok=True)
     write_json(card_dir / "model_card.json", card)
     (card_dir / "model_card.md").write_text(render_markdown(card))
     return EvaluateResult(
@@ -141,11 +171,82 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
         members=members,
         weights=list(weights),
         calibration=result["calibration"],
+        fairness=figures,
+        sensitive_attributes=list(spec.fairness.sensitive_attributes),
         card_complete=card["complete"],
         threshold=threshold,
         trial=_best_trial(board),
         holdout_rows=len(split.holdout),
     ).wire()
+
+
+def decide_probabilities(
+    spec: ExperimentSpec,
+    data: TrainingData,
+    split: Any,
+    model: Pipeline,
+    search_dir: Path,
+    members: list[str],
+    weights: list[float],
+) -> tuple[dict[str, Any], float]:
+    """Binary classification: calibrate (isotonic or sigmoid, when it helps on out-of-fold
+    predictions; set on the served model) and pick the decision threshold (spec.costMatrix's
+    least expected cost, else the best F1 for maximize_f1, else 0.5), both on the out-of-fold
+    predictions of the chosen members. Returns what was decided (for the card) and the
+    threshold."""
+    if spec.cost_matrix is not None and not (data.task == "classification"
+                                             and data.n_classes == 2):  # fmt: skip
+        raise StepError(
+            f"spec.costMatrix needs binary classification; the target has {data.n_classes} classes"
+            if data.task == "classification"
+            else "spec.costMatrix needs binary classification, not regression"
+        )
+    if not (data.task == "classification" and data.n_classes == 2):
+        return {"method": "none", "reason": "calibration applies to binary classification"}, 0.5
+    oof = blend(
+        [np.load(search_dir / OOF_DIR / oof_file(member_trial(m))) for m in members], weights
+    )[:, 1]
+    y_oof = data.y[split.train]
+    calibrator, report = choose_calibration(oof, y_oof, spec.search.seed)
+    if calibrator is not None:
+        model.named_steps["model"].calibrator_ = calibrator
+        oof = calibrator.positive(oof)
+    threshold, rule = 0.5, "default"
+    if spec.cost_matrix is not None:
+        costs = spec.cost_matrix
+        threshold = cost_threshold(oof, y_oof, costs.false_positive, costs.false_negative)
+        rule = "costMatrix"
+    elif spec.effective_objective == "maximize_f1":
+        threshold, rule = best_f1_threshold(y_oof, oof), "maximize_f1"
+    report["threshold"] = {"value": round(threshold, 6), "rule": rule}
+    return report, threshold
+
+
+def fairness_audit(
+    data: TrainingData, split: Any, served: Bundle, X_hold: pd.DataFrame
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """The holdout's fairness figures and group tables, over spec.fairness.sensitiveAttributes."""
+    if data.sensitive is None:
+        return {}, {}
+    sensitive = data.sensitive.iloc[split.holdout].reset_index(drop=True)
+    y_true = data.y[split.holdout]
+    if data.task == "regression":
+        y_pred = np.asarray(served.pipeline.predict(X_hold), dtype=float)
+    else:
+        decided = served.predict(X_hold)["label"].to_numpy()
+        lookup = {c: i for i, c in enumerate(data.classes)}
+        y_pred = np.asarray([lookup[v] for v in decided], dtype=np.int64)
+    return audit(data.task, y_true, y_pred, sensitive, list(data.classes))
+
+
+def _explain_score(metric: str, data: TrainingData) -> Any:
+    """The primary metric as permutation importance takes it: higher is better."""
+    sign = 1.0 if direction_of(metric) == "maximize" else -1.0
+
+    def measured(y: np.ndarray, output: np.ndarray) -> float:
+        return sign * score(metric, y, output, data.n_classes)
+
+    return measured
 
 
 def candidate_pipeline(
@@ -422,7 +523,12 @@ def model_card(
             "metrics": result["metrics"],
             "baselineMetrics": result["baseline"],
             "calibration": result["calibration"],
+            "calibrationMethod": result.get("calibrationChoice", {}).get("method", "none"),
             "threshold": result["threshold"],
+            "thresholdRule": result.get("calibrationChoice", {})
+            .get("threshold", {})
+            .get("rule", "default"),
+            "fairness": result.get("fairness", {"figures": {}, "groups": {}}),
             "constraints": outcome,
         },
         pii={"columns": pii, "action": pii_action if pii else "none"},

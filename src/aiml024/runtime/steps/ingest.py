@@ -11,18 +11,26 @@ import pandas as pd
 from aiml024.api.data_steps import IngestResult
 from aiml024.api.step_params import IngestParams
 
-from ..data import apply_types, dataset_fingerprint, infer_types, read_table, write_parquet
+from ..data import (
+    apply_types,
+    dataset_fingerprint,
+    duplicate_headers,
+    infer_types,
+    read_table,
+    write_parquet,
+)
 from . import StepError, parse_params
 
 DATASET_FILE = "dataset"  # the artifact name: the Workflow reads /aiml024/outputs/dataset
 
 
 def _checked_columns(df: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Column names as unique strings (Parquet allows integer names; duplicates are ambiguous)."""
+    """Column names as unique strings. read_table refuses repeated headers in the file; this
+    catches names that only collide as text (Parquet's pandas metadata may restore 1 and "1")."""
     names = [str(c) for c in df.columns]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise StepError(f"data.uri {uri} has duplicate columns: {', '.join(duplicates)}")
+    repeated = duplicate_headers(names)
+    if repeated is not None:
+        raise StepError(f"data.uri {uri} has duplicate column headers: {repeated}")
     return df.set_axis(names, axis=1)
 
 

@@ -1,12 +1,14 @@
 """validate: check the ingested data against the spec, handle PII, write `clean` and `report`.
 
 Fatal problems are collected first and reported together (like a spec validation), so a user
-fixes everything in one round; the report is written even then, for inspection.
+fixes everything in one round; the report is written even then, for inspection. Violations of
+spec.expectations are such problems, checked on the data as ingested (before rows without a
+target are dropped and before PII is masked or dropped); the report lists them under
+`expectations`.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from aiml024.api import ExperimentSpec
 from aiml024.api.data_steps import ClassCount, ValidateResult
 from aiml024.api.step_params import ValidateParams
 
-from ..data import ColumnType, infer_types, write_parquet
+from ..data import ColumnType, infer_types, missing_column_hint, write_parquet
 from ..pii import detect_pii, mask_frame
 from . import StepError, parse_params
 
@@ -44,22 +46,21 @@ class Validation:
     result: ValidateResult | None = None
 
 
-def _listing(names: list[str], limit: int = 30) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def missing_column_message(field_name: str, column: str, available: list[str]) -> str:
     """'target 'churn' is not a column of the dataset; did you mean ...? columns: ...'."""
-    lowered = {c.lower(): c for c in available}
-    close = difflib.get_close_matches(column, available, n=3, cutoff=0.6)
-    if column.lower() in lowered and lowered[column.lower()] not in close:
-        close.insert(0, lowered[column.lower()])
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return (
-        f"{field_name} {column!r} is not a column of the dataset{hint} "
-        f"(available columns: {_listing(available)})"
-    )
+    hint = missing_column_hint(column, available)
+    return f"{field_name} {column!r} is not a column of the dataset{hint}"
+
+
+def expectation_violations(df: pd.DataFrame, spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """spec.expectations checked on `df`, the data as ingested: each violation as its report
+    entry (`message` is what the user reads). Before the target's empty rows are dropped and
+    before PII masking or dropping, so an expectation speaks of the values the user supplied."""
+    if not spec.expectations:
+        return []
+    from ..expectations import check_expectations  # imports pandera: only when asked
+
+    return [v.wire() for v in check_expectations(df, spec.expectations)]
 
 
 def _plain(value: Any) -> Any:
@@ -172,6 +173,9 @@ def validate_frame(df: pd.DataFrame, spec: ExperimentSpec) -> Validation:
     columns = [str(c) for c in df.columns]
     target = spec.target
 
+    violations = expectation_violations(df, spec)
+    problems.extend(v["message"] for v in violations)
+
     for field_name, column in (
         ("target", target),
         ("idColumn", spec.id_column),
@@ -277,6 +281,10 @@ def validate_frame(df: pd.DataFrame, spec: ExperimentSpec) -> Validation:
         "columns": _column_report(masked, types, dict(pii), dropped),
         "targetClasses": [c.wire() for c in classes] if classes is not None else None,
         "piiAction": pii_action,
+        "expectations": {
+            "checked": len(spec.expectations),
+            "violations": violations,
+        },
         "problems": problems,
         "warnings": warnings,
     }
