@@ -167,8 +167,12 @@ def register_result(
                 "modelCardComplete": True,
                 "piiColumns": ["email"],
                 "piiAction": "mask",
-                "fairness": {"gender_disparity": 0.03},
-                "calibration": {"ece": 0.021},
+                "fairness": {
+                    "gender.demographic_parity_difference": 0.03,
+                    "gender.equalized_odds_difference": 0.05,
+                },
+                "sensitiveAttributes": ["gender"],
+                "calibration": {"ece": 0.021, "brier": 0.14},
             },
             "leaderboard": [
                 {
