@@ -9,6 +9,7 @@ where the people have what a real cluster would give them (see `ns`).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from aiohttp import web
 from tests.integration.emulator import ApiError, Client, Emulator
 from tests.integration.emulator.harness import (
     SHA,
+    STORE,
     OperatorProcess,
     OperatorThread,
     free_port,
@@ -32,6 +34,10 @@ from tests.integration.emulator.harness import (
     workflow_status,
 )
 from tests.integration.emulator.server import ADMIN, ARGO_USER, OPERATOR_USER
+from typer.testing import CliRunner
+
+from aiml024 import audit
+from aiml024.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_PORT = free_port()
@@ -332,6 +338,54 @@ def test_approval_needs_four_eyes(api: Emulator, operator: OperatorThread, ns: s
     assert [a["user"] for a in model["status"]["approvals"]] == ["bob"]
     assert model["status"]["policy"]["decision"] == "allow"
     assert "Promoted" in reasons(bob, "churn-model-v1", {"Promoted"})
+
+
+def test_decisions_are_audited_in_the_artifact_store(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """Each decision is an entry in the namespace's hash chain in the artifact store, mirrored
+    as an Event; `aiml024 audit verify --store` checks the chain and names an edited entry."""
+    alice, bob = as_user(api, "alice", ns), as_user(api, "bob", ns)
+    train(api, alice)
+    alice.patch("Model", "churn-model-v1", {"spec": {"stage": "production"}})
+    alice.wait_for("Model", "churn-model-v1", lambda m: m["status"]["phase"] == "PendingApproval")
+    bob.annotate("Model", "churn-model-v1", "aiml024.io/approve", "production")
+    bob.wait_for("Model", "churn-model-v1", lambda m: m["status"]["stage"] == "production")
+
+    log = audit.AuditLog(STORE.as_uri(), ns)
+    deadline = time.monotonic() + 5
+    while len(log.entries()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    entries = log.entries()
+    assert [(e["kind"], e["actor"]) for e in entries] == [
+        ("policy", OPERATOR_USER),
+        ("promotion", OPERATOR_USER),
+        ("policy", OPERATOR_USER),
+        ("approval", "bob"),
+        ("policy", OPERATOR_USER),
+        ("promotion", OPERATOR_USER),
+    ]
+    assert entries[2]["details"]["decision"] == "require_approval"
+    assert entries[3]["details"]["digest"] == SHA and entries[5]["details"]["to"] == "production"
+    assert entries[0]["subject"] == {"kind": "Model", "namespace": ns, "name": "churn-model-v1"}
+    head = f"audit entry 6:{entries[5]['hash']} (promotion)"
+    deadline = time.monotonic() + 5
+    while head not in {e["message"] for e in alice.events("churn-model-v1")}:
+        assert time.monotonic() < deadline, "the newest entry is mirrored as an Event"
+        time.sleep(0.05)
+
+    runner = CliRunner()
+    verified = runner.invoke(app, ["audit", "verify", "--store", STORE.as_uri(), "-n", ns])
+    assert verified.exit_code == 0, verified.output
+    assert f"{ns}: 6 entries verified" in verified.stdout
+    edited = STORE / "audit" / ns / "000000000004.json"
+    entry = json.loads(edited.read_text())
+    entry["actor"] = "mallory"
+    edited.chmod(0o644)
+    edited.write_text(json.dumps(entry))
+    tampered = runner.invoke(app, ["audit", "verify", "--store", STORE.as_uri(), "-n", ns])
+    assert tampered.exit_code == 1
+    assert tampered.stderr.startswith(f"error: {ns}/000000000004.json: edited")
 
 
 # --- Deployment: canary and SLO rollback ------------------------------------------------------

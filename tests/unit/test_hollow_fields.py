@@ -327,6 +327,8 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
         "status.evidence.fairness": _REGISTER,
         "status.evidence.sensitiveAttributes": _REGISTER,
         "status.evidence.explanationUri": _REGISTER,
+        "status.cardSignature.keyFingerprint": _REGISTER,
+        "status.cardSignature.signatureUri": _REGISTER,
     },
     "Deployment": {
         "status.observedGeneration": _RECONCILE_DEPLOYMENT,
@@ -344,8 +346,6 @@ STATUS_UNWRITTEN: dict[str, dict[str, str]] = {
     "Experiment": {},
     "Model": {
         "status.evidence.reportUri": "no step renders the report yet (issue 9)",
-        "status.cardSignature.keyFingerprint": "the card is not signed yet (issue 9)",
-        "status.cardSignature.signatureUri": "the card is not signed yet (issue 9)",
     },
     "Deployment": {
         "status.drift": "no drift score is computed; reconcile only carries the previous value",

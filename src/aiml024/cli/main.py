@@ -17,7 +17,8 @@ from ..api import SpecError, kind_for
 from ..compiler import CompileError, compile_objects
 from ..local.manifests import load_manifests
 from ..local.store import NotFound, StoreBusy, state_home
-from . import views
+from . import lineage, verify, views
+from .audit import app as audit_app
 from .keys import app as keys_app
 from .policy import app as policy_app
 
@@ -29,7 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_app, name="keys", help="Your signing keys for approvals.")
-app.add_typer(policy_app, name="policy", help="Pin and verify the policy set.")
+app.add_typer(policy_app, name="policy", help="Test, evaluate, pin and verify the policy set.")
+app.add_typer(audit_app, name="audit", help="Verify and print the audit log of decisions.")
 # Like kubectl, never fold table rows when the output goes to a pipe or a file.
 console = Console(width=None if sys.stdout.isatty() else 400)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
@@ -255,6 +257,10 @@ def version() -> None:
     """Print the aiml024 version."""
     console.print(f"aiml024 {__version__}")
 
+
+# Commands in their own modules.
+app.command()(verify.verify)
+app.command()(lineage.lineage)
 
 if __name__ == "__main__":
     app()

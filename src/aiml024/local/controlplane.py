@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from .. import __version__
+from .. import __version__, audit
 from ..api import Deployment, Experiment, Model, ModelStatus
 from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE, EXPERIMENT_LABEL
 from ..api.model import Approval
@@ -233,15 +233,22 @@ class LocalControlPlane:
         model = model_rules.with_source_artifact(
             Model.model_validate(self.store.get("Model", name))
         )
+        before = model.status or ModelStatus()
         approvals, ignored = approval_rules.model_approvals(model, self._registry(), _now())
         gate = evaluate(model, model.spec.stage, self.policy_dir, approvals)
-        model.status = (model.status or ModelStatus()).model_copy(update={"approvals": approvals})
+        model.status = before.model_copy(update={"approvals": approvals})
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
         assert status.policy is not None
         self.store.record_event(model.wire(), *model_rules.gate_event(status.policy))
         for why in ignored:
             self.store.record_event(model.wire(), "Warning", "ApprovalIgnored", why)
+        # The audit log (aiml024.audit) in the state directory, each entry mirrored as an event.
+        audit.record(
+            self.home.as_uri(),
+            audit.gate_records(audit.subject_of(model.wire()), before, status, current_user()),
+            mirror=lambda entry: self.store.record_event(model.wire(), *audit.event(entry)),
+        )
         return Model.model_validate(self.store.get("Model", name))
 
     def _registry(self) -> ApproverRegistry | None:

@@ -47,6 +47,13 @@ class OperatorConfig:
     webhook_cert_dir: Path = Path("/certs")
     webhook_host: str | None = None
     operator_user: str = "system:serviceaccount:aiml024-system:aiml024-operator"
+    # Where the audit log is kept (aiml024.audit); unset: the artifact store. Point it at a
+    # bucket only the operator writes (ideally with object versioning or object lock).
+    audit_store: str | None = None
+
+    @property
+    def audit_root(self) -> str:
+        return self.audit_store or self.compile.artifact_store
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -72,4 +79,5 @@ class OperatorConfig:
             webhook_cert_dir=Path(env("AIML024_WEBHOOK_CERT_DIR") or "/certs"),
             webhook_host=env("AIML024_WEBHOOK_HOST") or None,
             operator_user=env("AIML024_OPERATOR_USER") or cls.operator_user,
+            audit_store=env("AIML024_AUDIT_STORE") or None,
         )

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from .. import audit
 from ..api import Deployment, DeploymentStatus, Model
 from ..api.common import DEFAULT_NAMESPACE
 from ..api.labels import SPEC_HASH_ANNOTATION as SPEC_HASH
@@ -40,6 +41,7 @@ from .kube import (
     controlled_by,
     settle,
 )
+from .model import record_audit
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -202,6 +204,11 @@ async def _check_slo_once(kube: Kube, config: OperatorConfig, namespace: str, na
         return
     await kube.json_patch(SELDON, namespace, name, slo.traffic_patch(seldon, rolled_back))
     kopf.warn(body, reason="RolledBack", message=f"traffic moved back to stable: {breach.reason}")
+    models = (dep.status or DeploymentStatus()).models
+    record = audit.rollback_record(
+        audit.subject_of(body), breach.reason, traffic, rolled_back, models, config.operator_user
+    )
+    await record_audit(config, body, [record])
 
 
 async def observe(

@@ -11,6 +11,7 @@ import logging
 import kopf
 from pydantic import ValidationError
 
+from .. import audit
 from ..api import Model, ModelStatus
 from ..reconcile import approvals as approval_rules
 from ..reconcile import model as model_rules
@@ -55,11 +56,14 @@ async def _gate_once(kube: Kube, config: OperatorConfig, namespace: str, name: s
     gate = await policy.gate(config, model, model.spec.stage, approvals)
     decided = model_rules.status_after_gate(model, gate, _now())
     if await kube.replace_status(MODELS, body, decided.wire()) is not None:
-        _report(body, status, decided, ignored)
+        await _report(config, body, status, decided, ignored)
 
 
-def _report(body: dict, before: ModelStatus, after: ModelStatus, ignored: list[str]) -> None:
-    """One event per new decision (not per re-evaluation of the same one)."""
+async def _report(
+    config: OperatorConfig, body: dict, before: ModelStatus, after: ModelStatus, ignored: list[str]
+) -> None:
+    """One event per new decision (not per re-evaluation of the same one), and its entries in
+    the audit log."""
     new, old = after.policy, before.policy
     assert new is not None
     same = (
@@ -75,3 +79,22 @@ def _report(body: dict, before: ModelStatus, after: ModelStatus, ignored: list[s
         kopf.info(body, reason="Promoted", message=f"now in stage {after.stage}")
     for why in ignored:
         kopf.warn(body, reason="ApprovalIgnored", message=why)
+    subject = audit.subject_of(body)
+    await record_audit(
+        config, body, audit.gate_records(subject, before, after, config.operator_user)
+    )
+
+
+async def record_audit(config: OperatorConfig, body: dict, records: list[audit.Record]) -> None:
+    """Append `records` to the audit log in the store (config.audit_root), each mirrored as an
+    AuditRecorded Event on `body`. A store that cannot be written is reported (AuditFailed
+    Event, error log), not raised: the decision is already recorded in status."""
+    try:
+        entries = await audit.record_async(config.audit_root, records)
+    except Exception as error:  # any store failure (credentials, network, a broken chain)
+        log.error("audit log under %s: %s", config.audit_root, error)
+        kopf.warn(body, reason="AuditFailed", message=f"not recorded in the audit log: {error}")
+        return
+    for entry in entries:
+        type_, reason, message = audit.event(entry)
+        kopf.event(body, type=type_, reason=reason, message=message)

@@ -177,8 +177,9 @@ def model_to_register(
     """The Model version this run registers, from the register step's record read back from
     `registration_uri`: the evidence (artifact, digest, metrics, card, lineage) comes from the
     record; its name, labels, source, stage and owner come from the Experiment, never from the
-    record, and the record's artifacts must lie under this run's own root. The owner is the
-    Experiment's author as the webhook (or the local control plane) recorded it.
+    record, and the record's artifacts (bundle, card, card signature) must lie under this run's
+    own root. The owner is the Experiment's author as the webhook (or the local control plane)
+    recorded it.
     """
     where = "registration record"
     try:
@@ -198,6 +199,12 @@ def model_to_register(
         )
         if not _under(uri, root)
     ]
+    signature = evidence.card_signature
+    if signature is not None and not _under(signature.signature_uri, root):
+        problems.append(
+            f"cardSignature.signatureUri {signature.signature_uri!r} is not under this run's "
+            f"artifacts ({root})"
+        )
     if not evidence.sha256:
         problems.append("sha256 is missing")
     if problems:
@@ -234,6 +241,7 @@ def model_to_register(
             evidence=evidence.evidence,
             leaderboard=evidence.leaderboard,
             lineage=evidence.lineage,
+            card_signature=evidence.card_signature,
         ),
     )
 
