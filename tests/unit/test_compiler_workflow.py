@@ -460,3 +460,26 @@ def test_the_operator_refuses_pod_local_data_at_admission() -> None:
     body = experiment({"data": {"uri": "/var/run/secrets/kubernetes.io/serviceaccount/token"}})
     with pytest.raises(kopf.AdmissionError, match="spec.data.uri"):
         validate_experiment(config, body.wire(), None)
+
+
+def test_in_a_cluster_the_register_step_gets_the_card_signing_key_from_a_secret(
+    schemas_dir: Any,
+) -> None:
+    """Only the register step mounts it, read-only; one machine compiles no mount at all."""
+    from tests.schema_validation import validate_upstream
+
+    options = CompileOptions(card_key_secret="aiml024-card-signing-key")
+    wf = compile_experiment(experiment(), options)
+    mounted = [t["name"] for t in wf["spec"]["templates"] if t.get("volumes")]
+    assert mounted == ["register"]
+    register = next(t for t in wf["spec"]["templates"] if t["name"] == "register")
+    assert register["volumes"] == [{"name": "card-key", "secret": {
+        "secretName": "aiml024-card-signing-key", "defaultMode": 0o400}}]  # fmt: skip
+    assert register["container"]["volumeMounts"][0]["readOnly"] is True
+    assert {"name": "AIML024_CARD_KEY_FILE", "value": "/var/run/aiml024/card-key/key.pem"} in (
+        register["container"]["env"]
+    )
+    assert validate_upstream(wf, schemas_dir) == []
+    local = compile_experiment(experiment())
+    assert not any(t.get("volumes") or "env" in t.get("container", {})
+                   for t in local["spec"]["templates"])  # fmt: skip

@@ -179,3 +179,31 @@ def test_sensitive_attributes_are_features_only_when_allowed() -> None:
     missing = {**base, "fairness": {"sensitiveAttributes": ["gender"]}}
     with pytest.raises(StepError, match="fairness.sensitiveAttributes 'gender' are not columns"):
         training_data(clean, ExperimentSpec.model_validate(missing))
+
+
+def test_the_fairness_gate_denies_the_disparity_the_run_measured(run: dict[str, Any]) -> None:
+    """The real figures from the run above, in an otherwise approvable model: production is
+    denied for the age band's demographic parity, with the figure in the violation."""
+    from tests.unit.test_policy_gate import approval, make_model
+
+    from aiml024.api.model import Evidence
+    from aiml024.policy import default_policy_dir, evaluate
+
+    measured = run["result"]
+    good = make_model()
+    assert good.status is not None
+    evidence = good.status.evidence.model_copy(
+        update={"fairness": measured["fairness"],
+                "sensitive_attributes": measured["sensitiveAttributes"]}
+    )  # fmt: skip
+    model = make_model(evidence=Evidence.model_validate(evidence.model_dump()))
+    gate = evaluate(model, "production", default_policy_dir(), [approval("bob", "production")])
+    assert gate.decision == "deny"
+    parity = measured["fairness"]["age_band.demographic_parity_difference"]
+    assert any(
+        v.startswith("fairness_demographic_parity") and "age_band" in v and f"{parity}"[:4] in v
+        for v in gate.violations
+    ), gate.violations
+    fair = make_model()  # the same model with the good fixture's small disparity passes
+    assert evaluate(fair, "production", default_policy_dir(), [approval("bob", "production")]
+                    ).decision == "allow"  # fmt: skip

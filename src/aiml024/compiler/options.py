@@ -37,6 +37,9 @@ class CompileOptions:
     # Model servers need CPU requests for the HorizontalPodAutoscaler's utilization target.
     serving_cpu: str = "1"
     serving_memory: str = "2Gi"
+    # The Secret holding the model-card signing key (`key.pem`), mounted into the register
+    # step; None: no mount (one machine, where the step keeps a key in the state directory).
+    card_key_secret: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("artifact_store", "study_storage", "code_version"):

@@ -54,6 +54,7 @@ from .options import MANAGED_BY, CompileError, CompileOptions, canonical_json, c
 
 INPUTS_DIR = "/aiml024/inputs"
 OUTPUTS_DIR = "/aiml024/outputs"
+CARD_KEY_DIR = "/var/run/aiml024/card-key"  # the register step's signing key (Secret mount)
 RESULT = "result"
 WORKERS_TASK = "search-workers"
 WORKER_TEMPLATE = "search-worker"
@@ -169,6 +170,14 @@ def _step_template(
             {"name": name, "path": f"{OUTPUTS_DIR}/{name}"} for name in outputs
         ]
     template["container"] = container
+    if step == "register" and options.card_key_secret:
+        container["env"] = [{"name": "AIML024_CARD_KEY_FILE", "value": f"{CARD_KEY_DIR}/key.pem"}]
+        container["volumeMounts"] = [{"name": "card-key", "mountPath": CARD_KEY_DIR,
+                                      "readOnly": True}]  # fmt: skip
+        template["volumes"] = [
+            {"name": "card-key", "secret": {"secretName": options.card_key_secret,
+                                            "defaultMode": 0o400}}
+        ]  # fmt: skip
     if step == "ingest":
         # Data sources fail transiently (network, throttling); one retry, never more.
         template["retryStrategy"] = {"limit": 1, "retryPolicy": "OnFailure"}

@@ -63,6 +63,7 @@ class OperatorConfig:
             image=env("AIML024_RUNTIME_IMAGE") or defaults.image,
             artifact_store=env("AIML024_ARTIFACT_STORE") or defaults.artifact_store,
             study_storage=env("AIML024_STUDY_STORAGE") or defaults.study_storage,
+            card_key_secret=env("AIML024_CARD_KEY_SECRET") or "aiml024-card-signing-key",
         )
         return cls(
             compile=compile_options,
