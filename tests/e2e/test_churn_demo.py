@@ -94,6 +94,13 @@ def test_both_protocols_answer(demo) -> None:
     assert prediction["customer_id"] == "C-TEST-1"
     assert prediction["label"] in (0, 1) and 0.0 <= prediction["score"] <= 1.0
     assert body["latency_ms"] > 0
+    explained = httpx.post(
+        f"{endpoint}/v1/inference/churn:predict",
+        json={"instances": [row], "explain": True}, timeout=30,
+    ).json()["predictions"][0]["explanation"]  # fmt: skip
+    assert explained["method"] == "tree-shap" and explained["space"] == "log-odds"
+    features = [c["feature"] for c in explained["contributions"]]
+    assert "contract" in features and "senior" not in features  # senior: measured, not a feature
     v2 = httpx.post(f"{endpoint}/v2/models/churn-model-v1/infer", timeout=30, json={
         "parameters": {"content_type": "pd"},
         "inputs": [{"name": "tenure_months", "datatype": "FP64", "shape": [1], "data": [2]},

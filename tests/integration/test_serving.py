@@ -163,6 +163,17 @@ def test_product_endpoint_echoes_ids_with_latency_and_version(
     assert body["version"] == bundles[served][1][:12]
 
 
+def test_explain_adds_each_rows_explanation_or_says_why_not(server: ServerInfo) -> None:
+    """`explain: true` on the product route: each prediction carries its explanation; this
+    bundle is a plain scikit-learn pipeline, so it says SHAP is not available and why."""
+    response = httpx.post(server.routes["churn"], json={"instances": ROWS[:2], "explain": True})
+    assert response.status_code == 200, response.text
+    for prediction in response.json()["predictions"]:
+        explanation = prediction["explanation"]
+        assert explanation["decision"] == prediction["label"]
+        assert explanation["method"] == "none" and "not an aiml024 ensemble" in explanation["reason"]
+
+
 def test_product_endpoint_splits_traffic_by_weight(server: ServerInfo) -> None:
     models = [
         httpx.post(server.routes["churn"], json={"instances": ROWS[:1]}).json()["model"]

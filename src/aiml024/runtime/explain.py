@@ -55,6 +55,8 @@ def shap_values(bundle: Bundle, X: pd.DataFrame) -> dict[str, Any]:
     base value, and which members they cover. Multiclass: toward each row's predicted class."""
     pipeline = bundle.pipeline
     ensemble = pipeline.steps[-1][1]
+    if not hasattr(ensemble, "estimators_") or "features" not in pipeline.named_steps:
+        return {"method": "none", "reason": "the bundle's model is not an aiml024 ensemble"}
     featurizer = pipeline.named_steps["features"]
     Z = np.asarray(pipeline[:-1].transform(X), dtype=float)
     names = list(featurizer.get_feature_names_out())

@@ -17,6 +17,7 @@ Endpoints:
     POST /v2/models/<model>/infer           V2 protocol; one input tensor per column
     POST /v1/inference/<deployment>:predict {"instances": [{column: value}, ...]} ->
         {"predictions": [...], "latency_ms": ..., "model": ..., "version": <sha256[:12]>}
+        ("explain": true adds each prediction's SHAP explanation by input column)
 
 Traffic split: the route owner picks a model per request by smooth weighted round-robin (the
 nginx algorithm) over the plan's live predictors, so a 90/10 split sends exactly 10 of every 100 requests to the canary,
@@ -53,6 +54,7 @@ from aiml024.api.labels import short_digest
 from aiml024.api.plan import RuntimeSettings
 
 from .bundle import META_FILE, Bundle, bundle_digest, load_bundle
+from .explain import local_explanation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class PredictRequest(BaseModel):
     """The product's request body. Module level so it pickles to parallel workers."""
 
     instances: list[dict[str, Any]]
+    explain: bool = False  # add each row's SHAP explanation (aiml024.runtime.explain)
 
 
 class Aiml024Runtime(MLModel):
@@ -159,9 +162,10 @@ class Aiml024Runtime(MLModel):
         )
 
     def predict_records(
-        self, instances: list[dict[str, Any]], endpoint: str = "rest"
+        self, instances: list[dict[str, Any]], endpoint: str = "rest", explain: bool = False
     ) -> list[dict[str, Any]]:
-        """The product's format: JSON rows in, JSON-native rows with label and score out."""
+        """The product's format: JSON rows in, JSON-native rows with label and score out;
+        with `explain`, each row also carries its SHAP explanation by input column."""
         if not instances:
             return []
         for row in instances:
@@ -169,7 +173,12 @@ class Aiml024Runtime(MLModel):
                 self._check_column(column)
         frame = pd.DataFrame.from_records(instances)
         result = self._predict_frame(frame, endpoint=endpoint)
-        return [{k: _native(v) for k, v in row.items()} for row in result.to_dict(orient="records")]
+        rows = [{k: _native(v) for k, v in row.items()} for row in result.to_dict(orient="records")]
+        if explain:
+            typed = self.bundle().frame(frame)
+            for i, row in enumerate(rows):
+                row["explanation"] = local_explanation(self.bundle(), typed.iloc[[i]])
+        return rows
 
     async def _route(self, body: PredictRequest) -> dict[str, Any]:
         start = time.perf_counter()
@@ -180,7 +189,7 @@ class Aiml024Runtime(MLModel):
             target = _LOADED.get(chosen, self)
             if target is self and chosen != self.name:
                 log.warning("model %s is not loaded here; %s serves instead", chosen, self.name)
-        predictions = target.predict_records(body.instances)
+        predictions = target.predict_records(body.instances, explain=body.explain)
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         if plan is not None and plan.shadows:
             # After this handler returns: the caller's answer does not wait for the shadows.
