@@ -11,6 +11,9 @@ stage := object.get(input, "stage", null)
 
 approvals := object.get(input, "approvals", [])
 
+# The break-glass record that counts for this stage and digest (absent: none). See README.md.
+break_glass := object.get(input, "breakGlass", null)
+
 thresholds := data.aiml024.thresholds
 
 lineage_fields := ["datasetFingerprint", "specHash", "codeVersion"]
@@ -19,14 +22,20 @@ known_stages := {"staging", "production", "archived"}
 
 # --- result ------------------------------------------------------------------------------
 
-result := {"decision": decision, "violations": sort(messages)}
+result := {"decision": decision, "violations": sort(messages)} if {
+	not break_glass_counts
+} else := {
+	"decision": decision,
+	"violations": sort(messages),
+	"breakGlass": {"user": break_glass.user, "stage": stage, "overridden": sort(overridden)},
+}
 
 default decision := "deny"
 
 decision := "allow" if {
 	stage == "archived"
 } else := "deny" if {
-	count(violations) > 0
+	count(denying) > 0
 } else := "allow" if {
 	stage == "staging"
 } else := "allow" if {
@@ -36,14 +45,17 @@ decision := "allow" if {
 	stage == "production"
 }
 
-messages := violations | waiting
+messages := ((denying | waiting) | break_glass_notes) | break_glass_problems
+
+# What denies: every violation, less the quality violations a counted break-glass overrode.
+denying := {msg | some msg in violations; not msg in overridden}
 
 waiting contains msg if {
 	decision == "require_approval"
 	count(required_groups) == 0
 	msg := sprintf(
-		"approval_required: promotion to production needs an approval from someone other than the owner %v (approved so far by: %v)",
-		[owner_name, approvers_text],
+		"approval_required: promotion to production needs an approval from someone other than %v (approved so far by: %v)",
+		[excluded_text, approvers_text],
 	)
 }
 
@@ -51,8 +63,18 @@ waiting contains msg if {
 	decision == "require_approval"
 	count(required_groups) > 0
 	msg := sprintf(
-		"approval_required: promotion to production needs an approval from someone other than the owner %v who is in one of the groups %v (approved so far by: %v)",
-		[owner_name, concat(", ", sort(required_groups)), approvers_text],
+		"approval_required: promotion to production needs an approval from someone other than %v who is in one of the groups %v (approved so far by: %v)",
+		[excluded_text, concat(", ", sort(required_groups)), approvers_text],
+	)
+}
+
+waiting contains msg if {
+	decision == "require_approval"
+	some a in production_approvals
+	broke_the_glass(a.user)
+	msg := sprintf(
+		"approval_ignored: %v broke the glass for this promotion, so their approval does not count; someone else must approve",
+		[a.user],
 	)
 }
 
@@ -284,6 +306,11 @@ owner_name := model.owner if {
 	present(model, "owner")
 } else := "(unknown)"
 
+# Whom an approval may not come from: the owner and, with a counted break-glass, its user.
+excluded_text := sprintf("the owner %v and the break-glass user %v", [owner_name, break_glass.user]) if {
+	break_glass_counts
+} else := sprintf("the owner %v", [owner_name])
+
 # An approval counts when it is for production, its user is not the owner (case-insensitive; when
 # the owner is unknown, any named approver counts), the approver is in one of the groups
 # thresholds.required_approver_groups names for the stage (any approver when the list is empty
@@ -291,6 +318,7 @@ owner_name := model.owner if {
 counting_approvals contains a.user if {
 	some a in production_approvals
 	not is_owner(a.user)
+	not broke_the_glass(a.user)
 	in_required_group(a)
 	approves_this_artifact(a)
 }
@@ -340,6 +368,116 @@ production_approvers := {a.user | some a in approvals; a.stage == "production"}
 approvers_text := concat(", ", sort(production_approvers)) if {
 	count(production_approvers) > 0
 } else := "nobody"
+
+# --- break-glass -------------------------------------------------------------------------------
+
+# A break-glass record {user, groups, stage, justification, at, sha256}, written by the admission
+# webhook (or `aiml024 promote --break-glass`) for a user with the verb break-glass on models.
+# It counts for the stage and the artifact digest it names, never from the owner (four eyes),
+# and only with a written justification of at least min_justification characters. A counted
+# break-glass overrides the quality violations (metrics, baseline, card, PII, fairness,
+# calibration); integrity (artifact, digest, lineage), unknown stages and policy errors still
+# deny, and production still needs an approval, from someone other than the owner and the user
+# who broke the glass.
+
+# The same minimum as aiml024.policy.gate.BREAK_GLASS_MIN_JUSTIFICATION (the webhook's check).
+min_justification := 20
+
+breakable_stages := {"staging", "production"}
+
+break_glass_counts if {
+	is_object(break_glass)
+	count(break_glass_problems) == 0
+}
+
+overridden contains msg if {
+	break_glass_counts
+	stage == "production"
+	some msg in quality_violations
+	not startswith(msg, "policy_error:")
+}
+
+break_glass_notes contains msg if {
+	some violation in overridden
+	msg := sprintf("break_glass: %v overrode %v (%v)", [break_glass.user, violation, json.marshal(justification)])
+}
+
+break_glass_notes contains msg if {
+	break_glass_counts
+	count(overridden) == 0
+	msg := sprintf(
+		"break_glass: %v broke the glass for %v, but no rule needed overriding (%v)",
+		[break_glass.user, stage, json.marshal(justification)],
+	)
+}
+
+broke_the_glass(user) if {
+	break_glass_counts
+	lower(trim_space(user)) == lower(trim_space(break_glass.user))
+}
+
+justification := trim_space(break_glass.justification) if {
+	is_object(break_glass)
+	is_string(object.get(break_glass, "justification", null))
+} else := ""
+
+break_glass_user := break_glass.user if {
+	is_object(break_glass)
+	present(break_glass, "user")
+} else := "(nobody)"
+
+break_glass_problems contains "break_glass_ignored: the break-glass record names no user" if {
+	is_object(break_glass)
+	not present(break_glass, "user")
+}
+
+break_glass_problems contains msg if {
+	is_object(break_glass)
+	not object.get(break_glass, "stage", null) == stage
+	msg := sprintf(
+		"break_glass_ignored: %v broke the glass for stage %v, not %v",
+		[break_glass_user, object.get(break_glass, "stage", null), stage],
+	)
+}
+
+break_glass_problems contains msg if {
+	is_object(break_glass)
+	not stage in breakable_stages
+	msg := sprintf("break_glass_ignored: break-glass applies to staging and production, not %v", [stage])
+}
+
+break_glass_problems contains msg if {
+	is_object(break_glass)
+	not break_glass_for_this_artifact
+	msg := sprintf(
+		"break_glass_ignored: %v broke the glass for artifact %v, not this model's %v",
+		[break_glass_user, object.get(break_glass, "sha256", null), object.get(model, "sha256", null)],
+	)
+}
+
+break_glass_problems contains msg if {
+	is_object(break_glass)
+	present(break_glass, "user")
+	is_owner(break_glass.user)
+	msg := sprintf(
+		"break_glass_ignored: %v authored the model and cannot break the glass on it (four eyes)",
+		[break_glass.user],
+	)
+}
+
+break_glass_problems contains msg if {
+	is_object(break_glass)
+	count(justification) < min_justification
+	msg := sprintf(
+		"break_glass_ignored: the justification %v is shorter than %v characters",
+		[json.marshal(justification), min_justification],
+	)
+}
+
+break_glass_for_this_artifact if {
+	present(model, "sha256")
+	object.get(break_glass, "sha256", null) == model.sha256
+}
 
 # --- helpers -------------------------------------------------------------------------------
 

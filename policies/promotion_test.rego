@@ -480,3 +480,131 @@ test_approval_with_null_sha256_counts if {
 prod_result_with(approvals) := r if {
 	r := result with input as {"model": good_model, "stage": "production", "approvals": approvals}
 }
+
+# --- break-glass -----------------------------------------------------------------------
+
+why := "incident 4711: fraud spike, retrained model needed before the card is done"
+
+carol_breaks := {
+	"user": "carol",
+	"groups": ["risk-officer"],
+	"stage": "production",
+	"justification": why,
+	"at": "2024-05-01T11:00:00Z",
+	"sha256": good_model.sha256,
+}
+
+unfair := with_fairness({"sex.demographic_parity_difference": 0.27})
+
+unfair_violation := "fairness_demographic_parity: sex.demographic_parity_difference 0.27 > 0.10"
+
+broken(m, bg) := r if {
+	r := result with input as {"model": m, "stage": "production", "approvals": bob_approves, "breakGlass": bg}
+}
+
+bg_with(patch) := object.union(carol_breaks, patch)
+
+test_break_glass_overrides_a_quality_violation_and_says_so if {
+	r := broken(unfair, carol_breaks)
+	r.decision == "allow"
+	r.violations == [sprintf("break_glass: carol overrode %v (%v)", [unfair_violation, json.marshal(why)])]
+	r.breakGlass == {"user": "carol", "stage": "production", "overridden": [unfair_violation]}
+}
+
+test_without_break_glass_the_same_model_is_denied if {
+	denied_with(prod_result(unfair), unfair_violation)
+	not prod_result(unfair).breakGlass
+}
+
+test_break_glass_overrides_metrics_card_pii_and_calibration if {
+	m := patched({
+		"metrics": {"auc": 0.61},
+		"evidence": {"modelCardComplete": false, "piiAction": "keep", "calibration": {"ece": 0.2}},
+	})
+	r := broken(m, carol_breaks)
+	r.decision == "allow"
+	rules := {split(v, ":")[0] | some v in r.breakGlass.overridden}
+	rules == {"metric_below_threshold", "not_better_than_baseline", "model_card_incomplete", "pii_unhandled", "calibration_ece"}
+	count(r.violations) == 5
+	every v in r.violations {
+		startswith(v, "break_glass: carol overrode ")
+	}
+}
+
+test_break_glass_never_overrides_integrity if {
+	m := object.union(object.remove(unfair, ["lineage"]), {"lineage": {"datasetUri": "s3://x"}})
+	r := broken(m, carol_breaks)
+	denied_with_rule(r, "lineage_missing")
+	not denied_with_rule(r, "fairness_demographic_parity")
+	r.breakGlass.overridden == [unfair_violation]
+}
+
+test_break_glass_never_overrides_a_missing_artifact if {
+	r := broken(object.remove(unfair, ["artifactUri"]), carol_breaks)
+	denied_with_rule(r, "artifact_missing")
+}
+
+test_break_glass_never_overrides_a_policy_error if {
+	limits := object.remove(data.aiml024.thresholds, ["max_ece"])
+	r := broken(unfair, carol_breaks) with data.aiml024.thresholds as limits
+	denied_with(r, "policy_error: thresholds.max_ece is not a number (policies/data.json)")
+	r.breakGlass.overridden == [unfair_violation]
+}
+
+test_break_glass_still_needs_an_approval_for_production if {
+	r := result with input as {"model": unfair, "stage": "production", "approvals": [], "breakGlass": carol_breaks}
+	r.decision == "require_approval"
+	"approval_required: promotion to production needs an approval from someone other than the owner alice and the break-glass user carol (approved so far by: nobody)" in r.violations
+	sprintf("break_glass: carol overrode %v (%v)", [unfair_violation, json.marshal(why)]) in r.violations
+}
+
+test_the_break_glass_users_own_approval_does_not_count if {
+	approvals := [{"user": "Carol", "stage": "production", "at": "2024-05-01T12:00:00Z"}]
+	r := result with input as {"model": unfair, "stage": "production", "approvals": approvals, "breakGlass": carol_breaks}
+	r.decision == "require_approval"
+	"approval_ignored: Carol broke the glass for this promotion, so their approval does not count; someone else must approve" in r.violations
+}
+
+test_the_owner_cannot_break_the_glass if {
+	r := broken(unfair, bg_with({"user": "ALICE"}))
+	denied_with(r, unfair_violation)
+	"break_glass_ignored: ALICE authored the model and cannot break the glass on it (four eyes)" in r.violations
+	not r.breakGlass
+}
+
+test_a_short_justification_does_not_count if {
+	r := broken(unfair, bg_with({"justification": "  because I said so  "}))
+	denied_with(r, unfair_violation)
+	"break_glass_ignored: the justification \"because I said so\" is shorter than 20 characters" in r.violations
+}
+
+test_a_justification_of_exactly_the_minimum_counts if {
+	broken(unfair, bg_with({"justification": "12345678901234567890"})).decision == "allow"
+	broken(unfair, bg_with({"justification": "1234567890123456789"})).decision == "deny"
+}
+
+test_break_glass_for_another_artifact_does_not_count if {
+	r := broken(unfair, bg_with({"sha256": concat("", ["f", substring(good_model.sha256, 1, -1)])}))
+	denied_with(r, unfair_violation)
+	some v in r.violations
+	startswith(v, "break_glass_ignored: carol broke the glass for artifact f123")
+}
+
+test_break_glass_for_another_stage_does_not_count if {
+	r := broken(unfair, bg_with({"stage": "staging"}))
+	denied_with(r, unfair_violation)
+	"break_glass_ignored: carol broke the glass for stage staging, not production" in r.violations
+}
+
+test_break_glass_without_a_model_digest_does_not_count if {
+	r := broken(object.remove(unfair, ["sha256"]), carol_breaks)
+	denied_with_rule(r, "sha256_missing")
+	denied_with(r, unfair_violation)
+}
+
+test_break_glass_on_a_passing_model_is_still_shown if {
+	r := broken(good_model, carol_breaks)
+	r.decision == "allow"
+	r.violations == [sprintf("break_glass: carol broke the glass for production, but no rule needed overriding (%v)", [json.marshal(why)])]
+	r.breakGlass.overridden == []
+}

@@ -21,7 +21,8 @@ An entry (`make_entry`):
      "hash": "<sha256 of the canonical JSON of this entry without `hash`>"}
 
 Kinds: `policy` (a new decision), `approval` (an approval that counts), `promotion` (the actual
-stage moved), `rollback` (an SLO rollback of a canary), `break-glass`.
+stage moved), `rollback` (an SLO rollback of a canary), `break-glass` (a break-glass that counts:
+its user, justification, the violations it overrode, the stage and artifact digest).
 
 What `verify` detects: an entry edited (its hash no longer matches its content), entries
 reordered or moved (an object holds another seq than its name), an entry deleted in the middle
@@ -57,6 +58,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .api import ModelStatus
 from .api.common import dns_problem
 from .files import write_atomic
+from .reconcile.break_glass import newly_counted
 from .reconcile.clock import now as _now
 
 KINDS = ("policy", "approval", "promotion", "rollback", "break-glass")
@@ -281,9 +283,16 @@ def parse_head(text: str) -> tuple[int, str | None]:
 
 
 def gate_records(
-    subject: dict[str, str], before: ModelStatus, after: ModelStatus, actor: str
+    subject: dict[str, str],
+    before: ModelStatus,
+    after: ModelStatus,
+    actor: str,
+    break_glass: dict[str, Any] | None = None,
+    overridden: list[str] | None = None,
 ) -> list[Record]:
     """The entries one Model gate makes: each approval that newly counts (by its approver), a
+    break-glass that newly counts (by its user; `break_glass` is the record the policy saw,
+    `overridden` the violations the policy says it overrode, None when it did not count), a
     new policy decision, and the actual stage moving (by `actor`: the operator's identity in a
     cluster, the user running the command on one machine). Re-evaluating to the same decision
     records nothing."""
@@ -304,6 +313,8 @@ def gate_records(
         for approval in after.approvals
         if approval not in before.approvals
     ]
+    if break_glass is not None and overridden is not None and newly_counted(before, after):
+        records.append(break_glass_entry(subject, break_glass, overridden))
     new, old = after.policy, before.policy
     decided = (new.decision, new.violations, new.stage, new.sha256) if new else None
     if new is not None and (
@@ -326,6 +337,22 @@ def gate_records(
         }
         records.append(Record("promotion", actor, subject, details))
     return records
+
+
+def break_glass_entry(
+    subject: dict[str, str], record: dict[str, Any], overridden: list[str]
+) -> Record:
+    """A break-glass that counted: who, why, for which stage and artifact digest, and the
+    violations it let through (the rule ids and their figures, as the policy wrote them)."""
+    details = {
+        "stage": record.get("stage"),
+        "digest": record.get("sha256"),
+        "justification": record.get("justification"),
+        "overridden": list(overridden),
+        "groups": list(record.get("groups") or []),
+        "brokeAt": record.get("at"),
+    }
+    return Record("break-glass", str(record.get("user")), subject, details)
 
 
 def rollback_record(
@@ -357,6 +384,11 @@ def summary(entry: Entry) -> str:
         return f"stage {d.get('from')} -> {d.get('to')}"
     if kind == "rollback":
         return f"traffic {_split(d.get('from'))} -> {_split(d.get('to'))}: {d.get('reason')}"
+    if kind == "break-glass":
+        rules = sorted({str(v).split(":", 1)[0] for v in d.get("overridden") or []})
+        text = f"broke the glass for stage {d.get('stage')} of {str(d.get('digest'))[:12]}"
+        text += f", overriding {', '.join(rules)}" if rules else ", overriding nothing"
+        return text + f": {d.get('justification')}"
     return json.dumps(d, sort_keys=True)
 
 

@@ -9,6 +9,7 @@ webhooks for the status subresource as a real API server does.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tests.integration.test_operator import (  # noqa: F401 - fixtures, used by 
     train,
 )
 
-from aiml024 import signing
+from aiml024 import audit, signing
 
 GITOPS = "system:serviceaccount:argocd:argocd-application-controller"
 
@@ -303,3 +304,79 @@ def test_a_seldon_deployment_made_by_someone_else_is_never_adopted(
     live = cluster.get("SeldonDeployment", "churn")
     assert live["spec"]["predictors"][0]["graph"]["modelUri"] == "s3://mallory/anything"
     assert alice.get("Deployment", "churn").get("status", {}).get("phase") != "Serving"
+
+
+WHY = "INC-4711: fraud spike; ship the retrained model now, card follows by Friday"
+
+
+def test_break_glass_needs_its_role_is_recorded_and_cannot_be_edited(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """A model production denies for quality (AUC 0.61) goes past it only for someone granted
+    aiml024-break-glass, with a justification, never its author; the record the webhook
+    writes is the only one, and nobody edits or removes it afterwards."""
+    alice, bob, mallory = (as_user(api, u, ns) for u in ("alice", "bob", "mallory"))
+    train(api, alice, auc=0.61)
+    ask = {"metadata": {"annotations": {"aiml024.io/break-glass": WHY}},
+           "spec": {"stage": "production"}}  # fmt: skip
+    with pytest.raises(ApiError) as plain:  # without break-glass the gate refuses the stage
+        mallory.patch("Model", "churn-model-v1", {"spec": {"stage": "production"}})
+    assert plain.value.code == 403 and "metric_below_threshold: auc 0.61" in plain.value.message
+    with pytest.raises(ApiError) as no_role:  # `edit` does not grant the verb break-glass
+        mallory.patch("Model", "churn-model-v1", ask)
+    assert no_role.value.code == 403 and "aiml024-break-glass" in no_role.value.message
+    api.bind(ns, "aiml024-break-glass", user="alice")
+    with pytest.raises(ApiError) as own:
+        alice.patch("Model", "churn-model-v1", ask)
+    assert "alice authored model churn-model-v1 and cannot break the glass" in own.value.message
+    api.bind(ns, "aiml024-break-glass", user="mallory")
+    short = {"metadata": {"annotations": {"aiml024.io/break-glass": "urgent, trust me"}},
+             "spec": {"stage": "production"}}  # fmt: skip
+    with pytest.raises(ApiError) as too_short:
+        mallory.patch("Model", "churn-model-v1", short)
+    assert too_short.value.code == 403 and "at least 20 characters" in too_short.value.message
+    untouched = alice.get("Model", "churn-model-v1")
+    assert untouched["spec"]["stage"] == "staging"
+    assert "aiml024.io/break-glass-records" not in untouched["metadata"].get("annotations", {})
+
+    patched = mallory.patch("Model", "churn-model-v1", ask)
+    annotations = patched["metadata"]["annotations"]
+    assert "aiml024.io/break-glass" not in annotations and patched["spec"]["stage"] == "production"
+    [record] = json.loads(annotations["aiml024.io/break-glass-records"])
+    assert {k: record[k] for k in ("user", "stage", "justification", "sha256")} == {
+        "user": "mallory", "stage": "production", "justification": WHY, "sha256": SHA,
+    }  # fmt: skip
+    model = alice.wait_for(
+        "Model", "churn-model-v1", lambda m: m["status"]["phase"] == "PendingApproval"
+    )
+    note = (
+        f"break_glass: mallory overrode metric_below_threshold: auc 0.61 < 0.70 ({json.dumps(WHY)})"
+    )
+    assert note in model["status"]["policy"]["violations"]
+    assert "BreakGlass" in reasons(alice, "churn-model-v1", {"BreakGlass"})
+
+    bob.annotate("Model", "churn-model-v1", "aiml024.io/approve", "production")
+    model = bob.wait_for("Model", "churn-model-v1", lambda m: m["status"]["stage"] == "production")
+    assert model["status"]["policy"]["decision"] == "allow"
+    assert model["status"]["policy"]["violations"] == [note]
+
+    forged = json.dumps([{**record, "user": "bob", "justification": "x" * 40}])
+    for who in (mallory, Client(api.url, ADMIN, ns)):
+        with pytest.raises(ApiError) as edited:
+            who.annotate("Model", "churn-model-v1", "aiml024.io/break-glass-records", forged)
+        assert edited.value.code == 403 and "cannot be changed" in edited.value.message
+        with pytest.raises(ApiError) as removed:
+            who.annotate("Model", "churn-model-v1", "aiml024.io/break-glass-records", None)
+        assert removed.value.code == 403
+    kept = alice.get("Model", "churn-model-v1")["metadata"]["annotations"]
+    assert json.loads(kept["aiml024.io/break-glass-records"]) == [record]
+
+    log = audit.AuditLog(STORE.as_uri(), ns)
+    deadline = time.monotonic() + 5
+    while not [e for e in log.entries() if e["kind"] == "break-glass"]:
+        assert time.monotonic() < deadline, "the break-glass is audited"
+        time.sleep(0.05)
+    [entry] = [e for e in log.entries() if e["kind"] == "break-glass"]
+    assert entry["actor"] == "mallory"
+    assert entry["details"]["overridden"] == ["metric_below_threshold: auc 0.61 < 0.70"]
+    assert (entry["details"]["justification"], entry["details"]["digest"]) == (WHY, SHA)

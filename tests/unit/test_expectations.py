@@ -259,3 +259,12 @@ def test_the_report_entry_is_plain_json(data):
     assert entry["column"] == "signup" and entry["check"] == "nullable"
     assert entry["failingRows"] == 10 and entry["rows"] == [1, 2, 3, 4, 5]
     assert entry["message"].endswith("missing at data rows 1, 2, 3, 4, 5, ...")
+
+
+def test_allowed_values_written_as_yaml_numbers_and_booleans_are_kept_as_text() -> None:
+    """The CRD types allowedValues as strings; YAML's `[1, true]` still means what it says."""
+    expectation = Expectation.model_validate({"column": "flag", "allowedValues": [1, True, "x"]})
+    assert expectation.allowed_values == ["1", "true", "x"]
+    frame = pd.DataFrame({"flag": [1, 1.0, True, "x"]})
+    assert check_expectations(frame, [expectation]) == []
+    assert check_expectations(pd.DataFrame({"flag": [2]}), [expectation]) != []

@@ -327,6 +327,7 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
         "status.evidence.fairness": _REGISTER,
         "status.evidence.sensitiveAttributes": _REGISTER,
         "status.evidence.explanationUri": _REGISTER,
+        "status.evidence.reportUri": _REGISTER,
         "status.cardSignature.keyFingerprint": _REGISTER,
         "status.cardSignature.signatureUri": _REGISTER,
     },
@@ -345,7 +346,6 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
 STATUS_UNWRITTEN: dict[str, dict[str, str]] = {
     "Experiment": {},
     "Model": {
-        "status.evidence.reportUri": "no step renders the report yet (issue 9)",
     },
     "Deployment": {
         "status.drift": "no drift score is computed; reconcile only carries the previous value",

@@ -18,6 +18,8 @@ DEFAULT_NAMESPACE = "default"  # where objects without a namespace live, as in k
 APPLIED_BY = f"{GROUP}/applied-by"  # who created an Experiment: the author of its Models
 APPROVE = f"{GROUP}/approve"  # a request to approve a Model for a stage
 APPROVALS = f"{GROUP}/approvals"  # the recorded approvals, immutable once written
+BREAK_GLASS = f"{GROUP}/break-glass"  # a request to break glass: its justification
+BREAK_GLASS_RECORDS = f"{GROUP}/break-glass-records"  # the recorded break-glass, immutable
 
 # Labels on what aiml024 creates: which Experiment / Deployment, which generation of it.
 EXPERIMENT_LABEL = f"{GROUP}/experiment"

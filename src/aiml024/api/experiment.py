@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ObjectMeta, ResourceRef, StatusBase, Strict
 
@@ -211,7 +211,23 @@ class Expectation(Strict):
     max: float | None = None
     nullable: bool = True
     unique: bool = False
-    allowed_values: list[str | int | float | bool] | None = None
+    allowed_values: list[str] | None = Field(
+        default=None,
+        description="The values a column may hold, written as text: numbers and booleans "
+        "compare by their text ('1' matches 1 and 1.0, 'true' matches true).",
+    )
+
+    @field_validator("allowed_values", mode="before")
+    @classmethod
+    def _as_text(cls, values: Any) -> Any:
+        """YAML reads `[1, yes]` as a number and a boolean: keep them, as their text."""
+        if not isinstance(values, list):
+            return values
+        return [
+            ("true" if v else "false") if isinstance(v, bool)
+            else str(v) if isinstance(v, int | float) else v
+            for v in values
+        ]  # fmt: skip
 
 
 class ModelTarget(Strict):

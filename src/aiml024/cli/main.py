@@ -153,9 +153,19 @@ def promote(
     stage: Annotated[
         str, typer.Option("--stage", help="staging, production or archived")
     ] = "production",
+    break_glass: Annotated[
+        str | None,
+        typer.Option(
+            "--break-glass",
+            metavar="JUSTIFICATION",
+            help="Push past the quality rules (metrics, fairness, calibration, card, PII) "
+            "with this written justification (at least 20 characters); integrity rules still "
+            "hold, the author may not, and it is recorded and audited.",
+        ),
+    ] = None,
 ) -> None:
     """Ask to move a Model to a stage; the policy decides, approvals may be needed."""
-    from ..local.controlplane import ApplyError
+    from ..local.controlplane import ApplyError, current_user
 
     if stage not in ("staging", "production", "archived"):
         fail(f"--stage must be staging, production or archived, not {stage!r}", 2)
@@ -163,7 +173,7 @@ def promote(
         kind, name = _ref(ref, None)
         if kind != "Model" or not name:
             fail("promote takes model/NAME")
-        model = _control_plane().promote(name, stage)
+        model = _control_plane().promote(name, stage, break_glass, current_user())
     except (SpecError, NotFound, StoreBusy, ApplyError) as error:
         fail(str(error))
         return

@@ -19,12 +19,25 @@ import fsspec
 
 from .. import __version__, audit
 from ..api import Deployment, Experiment, Model, ModelStatus
-from ..api.common import APPLIED_BY, APPROVALS, DEFAULT_NAMESPACE, EXPERIMENT_LABEL
+from ..api.common import (
+    APPLIED_BY,
+    APPROVALS,
+    BREAK_GLASS_RECORDS,
+    DEFAULT_NAMESPACE,
+    EXPERIMENT_LABEL,
+)
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
 from ..files import write_atomic
-from ..policy import default_policy_dir, deployment_input, evaluate, evaluate_deployment
+from ..policy import (
+    counted_break_glass,
+    default_policy_dir,
+    deployment_input,
+    evaluate,
+    evaluate_deployment,
+)
 from ..reconcile import approvals as approval_rules
+from ..reconcile import break_glass as break_glass_rules
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
 from ..reconcile import model as model_rules
@@ -124,10 +137,12 @@ class LocalControlPlane:
         elif manifest["kind"] == "Model":
             owner = (before or {}).get("spec", {}).get("owner") if before else current_user()
             manifest["spec"]["owner"] = owner
-            # Approval records are written by `approve` only; signed ones anyone may add.
-            annotations.pop(APPROVALS, None)
-            if APPROVALS in recorded:
-                annotations[APPROVALS] = recorded[APPROVALS]
+            # Approval and break-glass records are written by `approve` and `promote
+            # --break-glass` only; signed approvals anyone may add.
+            for key in (APPROVALS, BREAK_GLASS_RECORDS):
+                annotations.pop(key, None)
+                if key in recorded:
+                    annotations[key] = recorded[key]
             for key, value in recorded.items():
                 if is_approval_annotation(key):
                     annotations.setdefault(key, value)
@@ -235,7 +250,8 @@ class LocalControlPlane:
         )
         before = model.status or ModelStatus()
         approvals, ignored = approval_rules.model_approvals(model, self._registry(), _now())
-        gate = evaluate(model, model.spec.stage, self.policy_dir, approvals)
+        broken, not_counted = counted_break_glass(model, model.spec.stage)
+        gate = evaluate(model, model.spec.stage, self.policy_dir, approvals, break_glass=broken)
         model.status = before.model_copy(update={"approvals": approvals})
         status = model_rules.status_after_gate(model, gate, _now())
         self._set_status(model, status.wire())
@@ -243,10 +259,20 @@ class LocalControlPlane:
         self.store.record_event(model.wire(), *model_rules.gate_event(status.policy))
         for why in ignored:
             self.store.record_event(model.wire(), "Warning", "ApprovalIgnored", why)
+        for why in not_counted:
+            self.store.record_event(model.wire(), "Warning", "BreakGlassIgnored", why)
+        if broken is not None and break_glass_rules.newly_counted(before, status):
+            self.store.record_event(
+                model.wire(), "Warning", "BreakGlass", break_glass_rules.event_message(status)
+            )
         # The audit log (aiml024.audit) in the state directory, each entry mirrored as an event.
+        records = audit.gate_records(
+            audit.subject_of(model.wire()), before, status, current_user(),
+            break_glass=broken, overridden=gate.overridden,
+        )  # fmt: skip
         audit.record(
             self.home.as_uri(),
-            audit.gate_records(audit.subject_of(model.wire()), before, status, current_user()),
+            records,
             mirror=lambda entry: self.store.record_event(model.wire(), *audit.event(entry)),
         )
         return Model.model_validate(self.store.get("Model", name))
@@ -261,17 +287,41 @@ class LocalControlPlane:
         except SigningError as error:
             raise ApplyError(str(error)) from None
 
-    def promote(self, name: str, stage: str) -> Model:
+    def promote(
+        self, name: str, stage: str, break_glass: str | None = None, user: str | None = None
+    ) -> Model:
         """Ask for `stage`. As the admission webhook refuses a stage change the policy denies,
-        a denied request leaves spec.stage as it was (the decision is still recorded)."""
+        a denied request leaves spec.stage as it was (the decision is still recorded).
+
+        With `break_glass` (a written justification) `user` (default: current_user()) pushes
+        past the quality rules, as the webhook records it for the verb break-glass: not the
+        author, at least BREAK_GLASS_MIN_JUSTIFICATION characters, for this artifact digest
+        and `stage` (no role: one machine has no authorizer). A request the policy still
+        denies (an integrity rule) leaves no break-glass record on the Model, as the webhook
+        refuses it in a cluster; its decision and audit entries still show the attempt."""
         with self.store.exclusive(f"aiml024 promote model/{name}"):
             manifest = self.store.get("Model", name)
             before = manifest["spec"].get("stage", "staging")
+            annotations = manifest["metadata"].setdefault("annotations", {})
+            recorded = annotations.get(BREAK_GLASS_RECORDS)
+            if break_glass is not None:
+                model = model_rules.with_source_artifact(Model.model_validate(manifest))
+                record, problem = break_glass_rules.break_glass_record(
+                    model, user or current_user(), stage, break_glass, _now()
+                )
+                if record is None:
+                    raise ApplyError(problem or "cannot break the glass")
+                records = break_glass_rules.with_record(annotations, record)
+                annotations[BREAK_GLASS_RECORDS] = json.dumps(records, separators=(",", ":"))
             manifest["spec"]["stage"] = stage
             self.store.apply(manifest)
             model = self.reconcile_model(name)
             if model.status and model.status.policy and model.status.policy.decision == "deny":
                 manifest["spec"]["stage"] = before
+                if recorded is None:
+                    annotations.pop(BREAK_GLASS_RECORDS, None)
+                else:
+                    annotations[BREAK_GLASS_RECORDS] = recorded
                 self.store.apply(manifest)
                 model = Model.model_validate(self.store.get("Model", name))
             return model

@@ -9,6 +9,11 @@ Identity comes from the API server's userInfo on each request, never from the ob
   (the aiml024-approver role) sets `aiml024.io/approve: <stage>`; the webhook replaces it with
   a record {user, groups, stage, at, sha256} appended to `aiml024.io/approvals`, which nobody
   can edit.
+- Break-glass by a Kubernetes identity: a user the authorizer allows to `break-glass` models
+  (the aiml024-break-glass role) sets `aiml024.io/break-glass: <justification>` with the
+  desired spec.stage; the webhook replaces it with a record {user, groups, stage,
+  justification, at, sha256} appended to `aiml024.io/break-glass-records`, which nobody can
+  edit. It refuses the author, a short justification and a model without a digest.
 - Signed approvals (`approval.aiml024.io/<key>`) may be applied by anyone, e.g. Argo CD: they
   must verify against the approvers registry and the Model's digest, or they are refused.
 - Model status (the `models/status` subresource): only the operator writes it, and it may
@@ -31,10 +36,18 @@ from ..api import (
     describe_validation_error,
     unsupported,
 )
-from ..api.common import APPLIED_BY, APPROVALS, APPROVE, DEFAULT_NAMESPACE
+from ..api.common import (
+    APPLIED_BY,
+    APPROVALS,
+    APPROVE,
+    BREAK_GLASS,
+    BREAK_GLASS_RECORDS,
+    DEFAULT_NAMESPACE,
+)
 from ..compiler import CompileError
 from ..policy import promotion_decision
 from ..reconcile import approvals as approval_rules
+from ..reconcile import break_glass as break_glass_rules
 from ..reconcile.clock import now as _now
 from ..reconcile.model import stage_reaches
 from ..signing import is_approval_annotation
@@ -166,14 +179,22 @@ async def stamp_model(
     if old is None:
         if user != config.operator_user:
             patch.setdefault("spec", {})["owner"] = user  # nobody authors in someone else's name
-        if APPROVALS in annotations:
-            changes[APPROVALS] = None  # approvals start empty: only the webhook records them
+        for key in (APPROVALS, BREAK_GLASS_RECORDS):
+            if key in annotations:
+                changes[key] = None  # records start empty: only the webhook writes them
     else:
         if annotations.get(APPROVALS) != _annotations(old).get(APPROVALS):
             raise kopf.AdmissionError(
                 f"{APPROVALS} is recorded by the admission webhook and cannot be changed; "
                 f"approve with: kubectl annotate model {body['metadata']['name']} "
                 f"{APPROVE}=<stage>, or apply a signed approval (aiml024 approve --sha256)",
+                code=403,
+            )
+        if annotations.get(BREAK_GLASS_RECORDS) != _annotations(old).get(BREAK_GLASS_RECORDS):
+            raise kopf.AdmissionError(
+                f"{BREAK_GLASS_RECORDS} is recorded by the admission webhook and cannot be "
+                f"changed; break the glass with {BREAK_GLASS}=<justification> and the desired "
+                "spec.stage in one request (the aiml024-break-glass role)",
                 code=403,
             )
         owner = ((body.get("spec") or {}).get("owner"), (old.get("spec") or {}).get("owner"))
@@ -206,8 +227,42 @@ async def stamp_model(
         records = approval_rules.recorded_approvals(_annotations(old)) + [record]
         changes[APPROVE] = None
         changes[APPROVALS] = json.dumps(records, separators=(",", ":"))
+    justification = annotations.get(BREAK_GLASS)
+    if justification is not None:
+        changes.update(await _break_glass(kube, body, old, userinfo, justification))
     if changes:
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(changes)
+
+
+async def _break_glass(
+    kube: Kube, body: Obj, old: Obj | None, userinfo: Obj, justification: str
+) -> dict[str, Any]:
+    """Replace a break-glass request by its record, for a user the authorizer allows the verb
+    break-glass on this model; the stage is the one this request asks for (spec.stage)."""
+    user = user_of(userinfo)
+    model = _parse(Model, old if old is not None else body)
+    meta = model.metadata
+    if not await kube.allowed(
+        user,
+        _groups(userinfo),
+        "break-glass",
+        MODELS,
+        meta.namespace or DEFAULT_NAMESPACE,
+        meta.name,
+    ):
+        raise kopf.AdmissionError(
+            f"{user} may not break the glass on models in namespace {meta.namespace}: it needs "
+            "the aiml024-break-glass role (verb break-glass on models)",
+            code=403,
+        )
+    stage = _parse(Model, body).spec.stage
+    record, problem = break_glass_rules.break_glass_record(
+        model, user, stage, justification, _now(), groups=_groups(userinfo)
+    )
+    if record is None:
+        raise kopf.AdmissionError(problem or "cannot break the glass", code=403)
+    records = break_glass_rules.with_record(_annotations(old), record)
+    return {BREAK_GLASS: None, BREAK_GLASS_RECORDS: json.dumps(records, separators=(",", ":"))}
 
 
 def _check_signed_approvals(config: OperatorConfig, body: Obj, old: Obj | None) -> None:

@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from .. import audit
 from ..api import Model, ModelStatus
+from ..policy import GateResult, counted_break_glass
 from ..reconcile import approvals as approval_rules
+from ..reconcile import break_glass as break_glass_rules
 from ..reconcile import model as model_rules
 from ..reconcile.clock import now as _now
 from ..signing import ApproverRegistry, SigningError, default_registry_path, load_registry
@@ -53,17 +55,26 @@ async def _gate_once(kube: Kube, config: OperatorConfig, namespace: str, name: s
         return  # registering: the Experiment writes the evidence, then gates
     approvals, ignored = approval_rules.model_approvals(model, approvers(config), _now())
     model.status = status.model_copy(update={"approvals": approvals})
+    # The policy input carries the break-glass recorded for this stage and digest, if any.
+    broken, not_counted = counted_break_glass(model, model.spec.stage)
     gate = await policy.gate(config, model, model.spec.stage, approvals)
     decided = model_rules.status_after_gate(model, gate, _now())
     if await kube.replace_status(MODELS, body, decided.wire()) is not None:
-        await _report(config, body, status, decided, ignored)
+        await _report(config, body, status, decided, ignored, (broken, not_counted, gate))
 
 
 async def _report(
-    config: OperatorConfig, body: dict, before: ModelStatus, after: ModelStatus, ignored: list[str]
+    config: OperatorConfig,
+    body: dict,
+    before: ModelStatus,
+    after: ModelStatus,
+    ignored: list[str],
+    break_glass: tuple[dict | None, list[str], GateResult] | None = None,
 ) -> None:
     """One event per new decision (not per re-evaluation of the same one), and its entries in
-    the audit log."""
+    the audit log. `break_glass`: (the record that counted or None, why others did not, the
+    gate's result)."""
+    broken, not_counted, gate = break_glass or (None, [], None)
     new, old = after.policy, before.policy
     assert new is not None
     same = (
@@ -79,10 +90,16 @@ async def _report(
         kopf.info(body, reason="Promoted", message=f"now in stage {after.stage}")
     for why in ignored:
         kopf.warn(body, reason="ApprovalIgnored", message=why)
+    for why in not_counted:
+        kopf.warn(body, reason="BreakGlassIgnored", message=why)
+    if broken is not None and break_glass_rules.newly_counted(before, after):
+        kopf.warn(body, reason="BreakGlass", message=break_glass_rules.event_message(after))
     subject = audit.subject_of(body)
-    await record_audit(
-        config, body, audit.gate_records(subject, before, after, config.operator_user)
-    )
+    records = audit.gate_records(
+        subject, before, after, config.operator_user,
+        break_glass=broken, overridden=gate.overridden if gate is not None else None,
+    )  # fmt: skip
+    await record_audit(config, body, records)
 
 
 async def record_audit(config: OperatorConfig, body: dict, records: list[audit.Record]) -> None:

@@ -22,8 +22,13 @@ from .engine import (
     write_pin,
 )
 from .gate import (
+    BREAK_GLASS_MIN_JUSTIFICATION,
+    BREAKABLE_STAGES,
     RESULT_QUERY,
     GateResult,
+    break_glass_problem,
+    break_glass_records,
+    counted_break_glass,
     default_policy_dir,
     evaluate,
     policy_input,
@@ -31,6 +36,8 @@ from .gate import (
 )
 
 __all__ = [
+    "BREAKABLE_STAGES",
+    "BREAK_GLASS_MIN_JUSTIFICATION",
     "DEPLOYMENT_QUERY",
     "ENVIRONMENT_LABEL",
     "PIN_FILE",
@@ -41,6 +48,9 @@ __all__ = [
     "PolicyError",
     "PolicyPin",
     "RegorusEngine",
+    "break_glass_problem",
+    "break_glass_records",
+    "counted_break_glass",
     "default_policy_dir",
     "deployment_input",
     "evaluate",

@@ -26,7 +26,9 @@ CLEAN = "clean"  # validate -> search, evaluate: the clean table (Parquet)
 SEARCH = "search"  # search -> evaluate: the directory below
 SPLIT_FILE = "split.json"  # the holdout and fold rows (splits.split_document)
 LEADERBOARD_FILE = "leaderboard.json"  # api.steps.Leaderboard: ranked candidates, budget left
+REPORT_FILE = "report.html"  # evaluate's card/: the experiment's self-contained report
 EXPLANATIONS_FILE = "explanations.json"  # evaluate's card/: SHAP, importance, PDP/ICE, examples
+STUDY_JOURNAL = "study.journal"  # search/: the Optuna study, unless params.studyStorage names one
 OOF_DIR = "oof"  # trial-<n>.npy: out-of-fold predictions of the leaderboard's trials
 
 

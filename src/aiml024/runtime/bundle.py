@@ -55,7 +55,7 @@ class Bundle:
     def frame(self, rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
         """Order and type the request's columns as in training; missing ones become NA."""
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows)
-        unknown = [c for c in df.columns if c not in self._known_columns()]
+        unknown = [c for c in df.columns if c not in self.known_columns()]
         if unknown:
             raise ValueError(f"unknown input columns: {', '.join(map(str, unknown))}")
         out = pd.DataFrame(index=df.index)
@@ -72,7 +72,9 @@ class Bundle:
             out[column.name] = values
         return out
 
-    def _known_columns(self) -> set[str]:
+    def known_columns(self) -> set[str]:
+        """Every column a request may carry: the inputs, the target, the id, and the columns
+        seen in training but not used (ignored)."""
         known = {c.name for c in self.meta.columns} | {self.meta.target, *self.meta.ignored_columns}
         if self.meta.id_column:
             known.add(self.meta.id_column)

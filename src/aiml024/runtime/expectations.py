@@ -186,6 +186,8 @@ def _in_range(
 def _text(value: Any) -> str:
     """A value as the spec would write it: 1.0 (an integer column with gaps) reads "1"."""
     plain = _plain(value)
+    if isinstance(plain, bool):
+        return "true" if plain else "false"
     if isinstance(plain, float) and plain.is_integer():
         return str(int(plain))
     return str(plain)

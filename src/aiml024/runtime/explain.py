@@ -221,35 +221,43 @@ def counterfactual(
     """The fewest single-column changes (at most `max_changes`, greedy: each step takes the
     change that moves the decision score furthest toward another decision) that flip the
     decision for `row`, with values drawn from `reference` (quantiles of a number, frequent
-    values otherwise); columns in `immutable` never change."""
+    values otherwise); columns in `immutable` never change. Each step scores every candidate
+    change in one batch."""
+    if bundle.meta.task == "regression":
+        return {"decision": None, "flipsTo": None, "changes": [], "immutable": list(immutable),
+                "reason": "a regression model makes no decision to flip"}  # fmt: skip
     original = str(decisions(bundle, row)[0])
-    current = row.copy()
-    changes: list[dict[str, Any]] = []
+    # Integer columns take the candidates' float quantiles: hold every number as a float.
+    current = row.astype({c: float for c in row.columns if pd.api.types.is_integer_dtype(row[c])})
+    changed: list[str] = []
     mutable = [c for c in row.columns if c not in set(immutable)]
     options = {c: _candidate_values(reference[c], candidates) for c in mutable}
     toward_lower = _wants_lower(bundle, row)
     for _ in range(max_changes):
-        best: tuple[float, str, Any, pd.DataFrame] | None = None
-        for column in mutable:
-            if any(change["feature"] == column for change in changes):
-                continue
-            for value in options[column]:
-                if _same(current.iloc[0][column], value):
-                    continue
-                trial = current.copy()
-                trial[column] = value
-                if str(decisions(bundle, trial)[0]) != original:
-                    changes.append(_change(column, current.iloc[0][column], value))
-                    return {"decision": original, "flipsTo": str(decisions(bundle, trial)[0]),
-                            "changes": changes, "immutable": list(immutable)}  # fmt: skip
-                score = float(decision_score(bundle, trial)[0])
-                gain = -score if toward_lower else score
-                if best is None or gain > best[0]:
-                    best = (gain, column, value, trial)
-        if best is None:
+        moves = [
+            (column, value)
+            for column in mutable
+            if column not in changed
+            for value in options[column]
+            if not _same(current.iloc[0][column], value)
+        ]
+        if not moves:
             break
-        _, column, value, current = best
-        changes.append(_change(column, row.iloc[0][column], value))
+        batch = pd.concat([current] * len(moves), ignore_index=True)
+        for i, (column, value) in enumerate(moves):
+            batch.at[i, column] = value
+        labels = decisions(bundle, batch).astype(str)
+        flipped = np.flatnonzero(labels != original)
+        scores = decision_score(bundle, batch)
+        pick = int(flipped[0]) if len(flipped) else int(
+            np.argmin(scores) if toward_lower else np.argmax(scores))  # fmt: skip
+        column, value = moves[pick]
+        changed.append(column)
+        current = batch.iloc[[pick]].reset_index(drop=True)
+        if len(flipped):
+            return {"decision": original, "flipsTo": str(labels[pick]),
+                    "changes": [_change(c, row.iloc[0][c], current.iloc[0][c]) for c in changed],
+                    "immutable": list(immutable)}  # fmt: skip
     return {"decision": original, "flipsTo": None, "changes": [], "immutable": list(immutable),
             "reason": f"no change of at most {max_changes} columns flips the decision"}  # fmt: skip
 
@@ -265,6 +273,9 @@ def _candidate_values(values: pd.Series, count: int) -> list[Any]:
     present = values.dropna()
     if present.empty:
         return []
+    distinct = present.unique()
+    if len(distinct) <= count:  # booleans and small codes: the values themselves
+        return sorted(distinct.tolist(), key=str)
     if pd.api.types.is_numeric_dtype(present):
         return [float(v) for v in np.unique(np.quantile(present, np.linspace(0.05, 0.95, count)))]
     return list(present.astype(object).value_counts().index[:count])
@@ -334,9 +345,20 @@ def explain_model(
         "shap": {k: v for k, v in shap.items() if k not in ("values", "base", "columns")}
         | {"global": importance, "rows": int(len(shap_rows_used))},
     }
+
+    def affordable(rows: int, calls: int, share: float) -> int:
+        """How many rows `calls` predictions may each take within `share` of what is left of
+        the budget, from the time one prediction of 100 rows takes here (at least 100)."""
+        probe = X.iloc[sample(100)]
+        tick = time.perf_counter()
+        decision_score(bundle, probe)
+        per_row = (time.perf_counter() - tick) / max(len(probe), 1)
+        left = max(budget_seconds - (time.perf_counter() - started), 0.0) * share
+        return max(100, min(rows, int(left / max(per_row * calls, 1e-9))))
+
     if within_budget("permutationImportance"):
         step = time.perf_counter()
-        rows = sample(permutation_rows)
+        rows = sample(affordable(permutation_rows, 2 * X.shape[1] + 1, 0.5))
         out["permutationImportance"] = {
             "rows": int(len(rows)),
             "importance": permutation_importance(
@@ -349,7 +371,7 @@ def explain_model(
     ]
     if within_budget("partialDependence"):
         step = time.perf_counter()
-        pdp_sample = X.iloc[sample(pdp_rows)]
+        pdp_sample = X.iloc[sample(affordable(pdp_rows, 10 * top_features, 0.6))]
         out["partialDependence"] = [
             partial_dependence(bundle, pdp_sample, f, grid_size=10) for f in ranked[:top_features]
         ]

@@ -246,8 +246,7 @@ class Aiml024Runtime(MLModel):
 
     def _check_column(self, name: str) -> None:
         meta = self.bundle().meta
-        known = {c.name for c in meta.columns} | {meta.target, meta.id_column}
-        if name not in known:
+        if name not in self.bundle().known_columns():
             expected = ", ".join(c.name for c in meta.columns)
             raise InferenceError(f"unknown input column '{name}' (the model expects: {expected})")
 

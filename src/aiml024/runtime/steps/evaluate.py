@@ -37,8 +37,10 @@ from ..artifacts import (
     EXPLANATIONS_FILE,
     LEADERBOARD_FILE,
     OOF_DIR,
+    REPORT_FILE,
     SEARCH,
     SPLIT_FILE,
+    STUDY_JOURNAL,
     oof_file,
     read_json,
     read_model,
@@ -62,9 +64,10 @@ from ..metrics import (
     score,
 )
 from ..pii import PiiMasker
+from ..report import Holdout, load_history, render_report
 from ..splits import split_from_document
 from ..training import TrainingData, load_training, make_featurizer
-from . import StepError, parse_params
+from . import StepError, parse_params, study_name
 
 SERVABLE_TYPES = ("numeric", "categorical", "datetime", "text", "boolean")
 LATENCY_REPEATS = 50
@@ -162,6 +165,19 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     )
     write_json(card_dir / "model_card.json", card)
     (card_dir / "model_card.md").write_text(render_markdown(card))
+    history = load_history(typed.study_storage or (search_dir / STUDY_JOURNAL), study_name(typed))
+    decided = served.predict(X_hold)
+    if data.task == "regression":
+        holdout = Holdout(truth=y_hold, predicted=decided["score"].to_numpy())
+    else:  # y_hold holds class codes: the report shows labels
+        holdout = Holdout(
+            truth=np.asarray(data.classes, dtype=object)[y_hold],
+            predicted=decided["label"].to_numpy(),
+            classes=list(data.classes),
+        )
+    (card_dir / REPORT_FILE).write_text(
+        render_report(card, explanations, history, holdout), encoding="utf-8"
+    )
     return EvaluateResult(
         metrics=result["metrics"],
         baseline_metrics=result["baseline"],

@@ -59,7 +59,7 @@ from aiml024.api.model import (
 from aiml024.api.step_params import RegisterParams
 from aiml024.api.steps import REGISTRATION, LeaderboardRow, RegisterResult
 
-from ..artifacts import EXPLANATIONS_FILE, write_json, write_once
+from ..artifacts import EXPLANATIONS_FILE, REPORT_FILE, write_json, write_once
 from ..bundle import bundle_digest
 from ..card import (
     CARD_HTML,
@@ -289,6 +289,7 @@ def model_manifest(params: RegisterParams, artifact_uri: str, card_uri: str) -> 
                 sensitive_attributes=evaluated.sensitive_attributes,
                 # evaluate writes explanations.json beside the card it explains
                 explanation_uri=f"{card_uri.rsplit('/', 1)[0]}/{EXPLANATIONS_FILE}",
+                report_uri=f"{card_uri.rsplit('/', 1)[0]}/{REPORT_FILE}",
             ),
             leaderboard=_leaderboard(searched.leaderboard),
             lineage=Lineage(

@@ -43,7 +43,15 @@ from aiml024.api.steps import (
 )
 
 from .. import available_cpus, emit_event, portfolio, step_clock
-from ..artifacts import LEADERBOARD_FILE, OOF_DIR, SEARCH, SPLIT_FILE, oof_file, write_json
+from ..artifacts import (
+    LEADERBOARD_FILE,
+    OOF_DIR,
+    SEARCH,
+    SPLIT_FILE,
+    STUDY_JOURNAL,
+    oof_file,
+    write_json,
+)
 from ..budget import refit_seconds
 from ..search import Searcher, SearchOutcome, records_from_study, top_k
 from ..splits import Split, make_split, split_document
@@ -74,7 +82,7 @@ def run_search(params: SearchParams, inputs: Path, out: Path, started: float) ->
     if params.merge:
         return run_merge(params, data, split, out, started)
 
-    storage = open_storage(params.study_storage or None, out / "study.journal")
+    storage = open_storage(params.study_storage or None, out / STUDY_JOURNAL)
     study = create_study(spec, storage, study_name(params), spec.split.folds)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     if spec.search.warm_start:
@@ -112,7 +120,7 @@ def shared_storage(params: SearchParams) -> Any:
             f"spec.search.parallelism > 1 with the shared directory {shared_dir(params)} needs a "
             "study-storage URL (e.g. postgresql://...): a journal file cannot be shared there"
         )
-    return open_storage(f"journal://{root}/study.journal", Path("unused"))
+    return open_storage(f"journal://{root}/{STUDY_JOURNAL}", Path("unused"))
 
 
 def run_worker(params: SearchParams, worker: int, inputs: Path, started: float) -> dict[str, Any]:
@@ -194,8 +202,8 @@ def run_merge(
     searcher = Searcher(data, split, spec)
     records = records_from_study(study, searcher.direction, load_oof, keep=top_k(spec))
     outcome = searcher.outcome(study, records)
-    if not params.study_storage and fs.exists(f"{root}/study.journal"):
-        fs.get(f"{root}/study.journal", str(out / "study.journal"))
+    if not params.study_storage and fs.exists(f"{root}/{STUDY_JOURNAL}"):
+        fs.get(f"{root}/study.journal", str(out / STUDY_JOURNAL))
     return finish(spec, data, split, outcome, out, started)
 
 
