@@ -104,9 +104,10 @@ class TestDetection:
             "customer_name": "name",
         }
 
-    def test_a_few_matches_are_not_enough(self):
+    def test_a_few_matches_do_not_make_an_email_column_but_are_still_masked(self):
+        """10% emails is not an email column (30%); it is free text carrying PII, masked in place."""
         values = ["ana@example.com"] + [f"plain text {i}" for i in range(9)]
-        assert detect_pii(pd.DataFrame({"notes": values * 10})) == {}
+        assert detect_pii(pd.DataFrame({"notes": values * 10})) == {"notes": "text"}
 
     def test_excluded_columns_are_skipped(self):
         df = pd.DataFrame({"email": ["a@b.io"] * 5, "id": ["c@d.io"] * 5})
@@ -169,3 +170,45 @@ class TestMasking:
             restored.transform(people), pipeline.named_steps["pii"].transform(people)
         )
         assert clone(restored).get_params() == {"columns": PII, "action": "mask"}
+
+
+class TestFreeText:
+    """PII inside free text: a message column keeps its words; what is personal is masked."""
+
+    MESSAGES = [
+        "please call me at 415-555-0134 about my bill",
+        "my email is jo.doe@example.com, cancel now",
+        "card 4111 1111 1111 1111 was charged twice",
+        "the price went up again since 2025-06-25 00:44",
+        "great service, thanks",
+    ]
+
+    def test_a_message_column_carrying_pii_is_kind_text(self) -> None:
+        df = pd.DataFrame({"message": self.MESSAGES * 10, "order": ["A-12345 shipped"] * 50})
+        assert detect_pii(df) == {"message": "text"}
+
+    def test_masking_keeps_the_words_and_is_idempotent(self) -> None:
+        masked = mask_frame(pd.DataFrame({"message": self.MESSAGES + [None]}),
+                            {"message": "text"}, "mask")["message"]  # fmt: skip
+        assert masked.tolist() == [
+            "please call me at <phone> about my bill",
+            "my email is <email>, cancel now",
+            "card <card> was charged twice",
+            "the price went up again since 2025-06-25 00:44",
+            "great service, thanks",
+            None,
+        ]
+        again = mask_frame(pd.DataFrame({"message": masked}), {"message": "text"}, "mask")
+        assert again["message"].tolist() == masked.tolist()
+
+    def test_a_few_stray_numbers_do_not_make_a_column_pii(self) -> None:
+        text = ["order 12345 arrived", "plan costs 70.50", "since 2024-05-01"] * 30
+        text[0] = "call 415-555-0134"  # one message among 90: below the share
+        assert detect_pii(pd.DataFrame({"message": text})) == {}
+
+    def test_the_served_pipeline_masks_requests_the_same_way(self) -> None:
+        masker = PiiMasker(columns={"message": "text"}, action="mask").fit(
+            pd.DataFrame({"message": ["x"]})
+        )
+        request = pd.DataFrame({"message": ["reach me on +44 20 7946 0958 tonight"]})
+        assert masker.transform(request)["message"].tolist() == ["reach me on <phone> tonight"]

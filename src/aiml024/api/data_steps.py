@@ -9,7 +9,7 @@ from pydantic import Field
 from .common import Strict
 
 ColumnType = Literal["numeric", "categorical", "datetime", "text", "boolean", "id"]
-PiiKind = Literal["email", "phone", "card", "ssn", "name"]
+PiiKind = Literal["email", "phone", "card", "ssn", "name", "text"]  # text: PII inside free text
 
 
 class IngestResult(Strict):

@@ -1,7 +1,9 @@
 """Personal data: find columns that hold it, and mask or drop them before training and serving.
 
 Detection looks at values (emails, phone numbers, payment cards with a Luhn check, US social
-security numbers) and at column names (person names cannot be told from values reliably).
+security numbers) and at column names (person names cannot be told from values reliably). A
+free-text column whose values only contain such things ("call me at 415-555-0134") is kind
+`text`: masking replaces each one inside the text with its token and keeps the words.
 PiiMasker is a scikit-learn transformer so that the served pipeline applies the same masking to
 every request; masking is idempotent, so it may run on already-masked training data.
 """
@@ -15,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-PiiKind = Literal["email", "phone", "card", "ssn", "name"]
+PiiKind = Literal["email", "phone", "card", "ssn", "name", "text"]
 PiiAction = Literal["mask", "drop"]
 
 MATCH_SHARE = 0.3  # a column is PII when this share of its sampled non-missing values match
@@ -80,6 +82,23 @@ TOKENS: dict[str, str] = {
     "ssn": "<ssn>",
     "name": "<name>",
 }
+# PII inside free text: the same kinds, found anywhere in a value (not the whole value).
+_IN_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("email", re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
+    ("ssn", re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")),
+    ("card", re.compile(r"(?<![\w-])[2-6]\d{3}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?![\w-])")),
+    (
+        "phone",
+        re.compile(
+            r"(?<![\w-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{2,4}"
+            r"(?:[\s.-]\d{2,5}){0,2}(?![\w-])"
+        ),
+    ),
+)
+_DATE_START = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}")
+# A text column counts as holding PII when this many of its sampled values carry some.
+TEXT_MATCHES = 3
+TEXT_SHARE = 0.005
 
 
 def normalise_name(column: str) -> str:
@@ -177,12 +196,43 @@ def detect_pii(
         if len(values) > sample:
             values = values.sample(sample, random_state=0)
         kind = value_kind(values)
+        if kind is None and _holds_pii_in_text(values):
+            kind = "text"
         if kind is None and normalise_name(key) in NAME_COLUMNS:
             if not pd.api.types.is_numeric_dtype(df[column].dtype):
                 kind = "name"
         if kind is not None:
             found[key] = kind
     return found
+
+
+def _in_text(match: re.Match[str], kind: str) -> bool:
+    found = match.group(0)
+    if kind == "card":
+        return luhn_valid(re.sub(r"\D", "", found))
+    if kind == "phone":
+        if _DATE_START.match(found) or match.string[match.end() : match.end() + 1] == ":":
+            return False  # a date, or a date and time
+        return 7 <= sum(c.isdigit() for c in found) <= 15 and not _NOT_PHONE.match(found)
+    return True
+
+
+def scrub_text(text: str) -> str:
+    """`text` with each email, SSN, card and phone number in it replaced by its token."""
+    for kind, pattern in _IN_TEXT:
+        text = pattern.sub(lambda m, k=kind: TOKENS[k] if _in_text(m, k) else m.group(0), text)
+    return text
+
+
+def _holds_pii_in_text(values: pd.Series) -> bool:
+    """Whether enough of these values are words with PII among them (free text, not codes,
+    dates or numbers: a value without a word of two letters is not looked into)."""
+    if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values)):
+        return False
+    text = values.astype(str)
+    text = text[text.str.contains(r"[A-Za-z]{2,}", regex=True)]
+    carrying = int((text.map(scrub_text) != text).sum())
+    return carrying >= max(TEXT_MATCHES, TEXT_SHARE * len(text))
 
 
 def mask_values(values: pd.Series, kind: str) -> pd.Series:
@@ -192,6 +242,9 @@ def mask_values(values: pd.Series, kind: str) -> pd.Series:
     category, the mailbox is not. Masking a masked value returns it unchanged.
     """
     present = values.notna()
+    if kind == "text":  # keep the words, mask what is inside them
+        scrubbed = values[present].astype(str).map(scrub_text)
+        return pd.Series(scrubbed, index=values.index, dtype=object).where(present, None)
     out = pd.Series(TOKENS.get(kind, "<pii>"), index=values.index, dtype=object)
     out = out.where(present, None)
     if kind == "email":
