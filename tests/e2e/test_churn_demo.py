@@ -55,6 +55,35 @@ def test_tuned_model_beats_the_default_lightgbm_baseline(demo) -> None:
     assert set(status["evidence"]["piiColumns"]) >= {"email"}
 
 
+def test_a_risk_officer_gets_the_whole_evidence_of_the_run(demo) -> None:
+    """Fairness over senior, calibration, explanations, the report, a signed card, the lineage
+    and the audit log: all produced by the run, all checkable from the command line."""
+    cli, *_ = demo
+    status = get(cli, "model", "churn-model-v1")["status"]
+    evidence = status["evidence"]
+    assert evidence["sensitiveAttributes"] == ["senior"]
+    assert set(evidence["fairness"]) == {
+        "senior.demographic_parity_difference", "senior.equalized_odds_difference"}  # fmt: skip
+    assert 0 <= evidence["calibration"]["ece"] <= 0.05
+    card = Path(evidence["modelCardUri"].removeprefix("file://")).parent
+    for produced in ("model_card.json", "model_card.md", "model_card.html", "explanations.json",
+                     "report.html", "signature.json"):  # fmt: skip
+        assert (card / produced).is_file(), produced
+    assert evidence["reportUri"].endswith("/card/report.html")
+    explained = json.loads((card / "explanations.json").read_text())
+    assert explained["shap"]["method"] == "tree-shap" and explained["partialDependence"]
+    report = (card / "report.html").read_text()
+    assert "senior" in report and "<svg" in report and "https://" not in report
+    verified = cli("verify", "model/churn-model-v1")
+    assert verified.code == 0, verified.out + verified.err
+    lineage = cli("lineage", "model/churn-model-v1", "--json")
+    assert lineage.code == 0, lineage.err
+    graph = json.loads(lineage.out)
+    assert graph["dataset"] and graph["transform"] and graph["trial"]
+    assert cli("audit", "verify").code == 0
+    assert "policy" in cli("audit", "log").out
+
+
 def test_get_shows_kubectl_like_tables(demo) -> None:
     cli, *_ = demo
     table = cli("get", "experiments").out
