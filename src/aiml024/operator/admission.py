@@ -205,14 +205,7 @@ async def stamp_model(
     if stage is not None:
         model = _parse(Model, old if old is not None else body)
         meta = model.metadata
-        if not await kube.allowed(
-            user,
-            _groups(userinfo),
-            "approve",
-            MODELS,
-            meta.namespace or DEFAULT_NAMESPACE,
-            meta.name,
-        ):
+        if not await _may(kube, userinfo, "approve", model):
             raise kopf.AdmissionError(
                 f"{user} may not approve models in namespace {meta.namespace}: approving needs "
                 "the aiml024-approver role (verb approve on models), or a signed approval",
@@ -234,6 +227,19 @@ async def stamp_model(
         patch.setdefault("metadata", {}).setdefault("annotations", {}).update(changes)
 
 
+async def _may(kube: Kube, userinfo: Obj, verb: str, model: Model) -> bool:
+    """Whether the API server's authorizer lets the requesting user do `verb` on this model."""
+    meta = model.metadata
+    return await kube.allowed(
+        user_of(userinfo),
+        _groups(userinfo),
+        verb,
+        MODELS,
+        meta.namespace or DEFAULT_NAMESPACE,
+        meta.name,
+    )
+
+
 async def _break_glass(
     kube: Kube, body: Obj, old: Obj | None, userinfo: Obj, justification: str
 ) -> dict[str, Any]:
@@ -242,14 +248,7 @@ async def _break_glass(
     user = user_of(userinfo)
     model = _parse(Model, old if old is not None else body)
     meta = model.metadata
-    if not await kube.allowed(
-        user,
-        _groups(userinfo),
-        "break-glass",
-        MODELS,
-        meta.namespace or DEFAULT_NAMESPACE,
-        meta.name,
-    ):
+    if not await _may(kube, userinfo, "break-glass", model):
         raise kopf.AdmissionError(
             f"{user} may not break the glass on models in namespace {meta.namespace}: it needs "
             "the aiml024-break-glass role (verb break-glass on models)",

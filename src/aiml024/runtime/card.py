@@ -184,7 +184,7 @@ def _evaluation_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
     threshold = evaluation.get("threshold")
     summary = (
         f"Primary metric: `{evaluation.get('primaryMetric')}`; decision threshold "
-        f"{_fmt(0.5 if threshold is None else float(threshold))}. Baseline: default LightGBM on "
+        f"{format_value(0.5 if threshold is None else float(threshold))}. Baseline: default LightGBM on "
         "the same features and rows."
     )
     rows = [[m, v, baseline.get(m)] for m, v in _dict(evaluation.get("metrics")).items()]
@@ -283,7 +283,7 @@ def _markdown_block(block: Block) -> list[str]:
     if kind == "p":
         return [str(block[1])]
     if kind == "facts":
-        return [f"- {label}: {_fmt(value)}" for label, value in block[1] if _shown(value)]
+        return [f"- {label}: {format_value(value)}" for label, value in block[1] if _shown(value)]
     if kind == "list":
         return [f"- {item}" for item in block[1]]
     _, caption, header, rows = block
@@ -297,7 +297,7 @@ def _markdown_block(block: Block) -> list[str]:
 
 
 def _md_cell(value: Any) -> str:
-    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+    return format_value(value).replace("|", "\\|").replace("\n", " ")
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def _html_block(block: Block) -> str:
         return f"<p>{_inline(str(block[1]))}</p>"
     if kind == "facts":
         items = "".join(
-            f"<dt>{_inline(str(label))}</dt><dd>{_inline(_fmt(value))}</dd>"
+            f"<dt>{_inline(str(label))}</dt><dd>{_inline(format_value(value))}</dd>"
             for label, value in block[1]
             if _shown(value)
         )
@@ -377,9 +377,9 @@ def _html_block(block: Block) -> str:
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{_inline(_fmt(c))}</td>'
+            f'<td class="num">{_inline(format_value(c))}</td>'
             if _number(c)
-            else f"<td>{_inline(_fmt(c))}</td>"
+            else f"<td>{_inline(format_value(c))}</td>"
             for c in row
         )
         + "</tr>"
@@ -442,7 +442,8 @@ def _shown(value: Any) -> bool:
     return value not in (None, "", [], {})
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A fact as people read it: yes/no, 4 decimals, lists and maps joined."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -450,9 +451,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if value != value else f"{value:.4f}"
     if isinstance(value, list | tuple):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(format_value(v) for v in value)
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k}: {format_value(v)}" for k, v in value.items())
     return str(value)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from .card import format_value
 from .metrics import better, direction_of
 
 # The plots' colours: fixed, so a screenshot shows which marks drew (the page's CSS uses none).
@@ -188,8 +189,8 @@ def _summary(
         facts.append(
             (
                 "Rows",
-                f"{_e(_fmt(data.get('trainRows')))} to train, "
-                f"{_e(_fmt(data.get('holdoutRows')))} in the holdout",
+                f"{_e(format_value(data.get('trainRows')))} to train, "
+                f"{_e(format_value(data.get('holdoutRows')))} in the holdout",
             )
         )
     if training.get("chosen"):
@@ -205,7 +206,7 @@ def _summary(
         facts.append(
             (
                 "Decision threshold",
-                f"{_e(_fmt(0.5 if threshold is None else threshold))}: "
+                f"{_e(format_value(0.5 if threshold is None else threshold))}: "
                 f"{_e(_THRESHOLD_RULES.get(rule, rule))}",
             )
         )
@@ -232,7 +233,7 @@ def _summary(
             (
                 "Search",
                 f"{_e(training.get('objective'))}, {_e(training.get('sampler'))} sampler, "
-                f"{_e(_fmt(training.get('trials')))} trials",
+                f"{_e(format_value(training.get('trials')))} trials",
             )
         )
     if card.get("missing"):
@@ -254,7 +255,7 @@ def _primary(evaluation: dict[str, Any]) -> str:
         return '<span class="note">not recorded</span>'
     value = _dict(evaluation.get("metrics")).get(metric)
     base = _dict(evaluation.get("baselineMetrics")).get(metric)
-    text = f"<code>{_e(metric)}</code> {_e(_fmt(value))}"
+    text = f"<code>{_e(metric)}</code> {_e(format_value(value))}"
     if _finite(value) and _finite(base):
         if better(str(metric), float(value), float(base)):
             verdict = '<span class="good">better than</span>'
@@ -262,7 +263,7 @@ def _primary(evaluation: dict[str, Any]) -> str:
             verdict = '<span class="bad">worse than</span>'
         else:
             verdict = "equal to"
-        text += f", {verdict} the default-LightGBM baseline's {_e(_fmt(base))}"
+        text += f", {verdict} the default-LightGBM baseline's {_e(format_value(base))}"
     return text
 
 
@@ -295,7 +296,7 @@ def _leaderboard(card: dict[str, Any], evaluation: dict[str, Any]) -> str:
     outcome = _dict(evaluation.get("constraints"))
     if outcome.get("constrained"):
         limits = ", ".join(
-            f"{_e(k)} &le; {_e(_fmt(v))}" for k, v in _dict(outcome.get("limits")).items()
+            f"{_e(k)} &le; {_e(format_value(v))}" for k, v in _dict(outcome.get("limits")).items()
         )
         met = "met" if outcome.get("met") else "not met by any candidate"
         out += _note(
@@ -366,7 +367,7 @@ def _shap(explained: dict[str, Any]) -> str:
     space = shap.get("space") or "model output"
     chart = _bars(items[:MAX_BARS], label="SHAP summary", value_label=f"mean |SHAP| ({space})")
     coverage = shap.get("coverage")
-    note = f"TreeSHAP over {_e(_fmt(shap.get('rows')))} holdout rows"
+    note = f"TreeSHAP over {_e(format_value(shap.get('rows')))} holdout rows"
     if _finite(coverage) and float(coverage) < 1.0:
         note += f"; covers {float(coverage):.0%} of the ensemble's weight"
     return f"<figure>{chart}<figcaption>{note}.</figcaption></figure>"
@@ -391,7 +392,9 @@ def _permutation(explained: dict[str, Any]) -> str:
         label="permutation importance",
         value_label="drop in the primary metric when shuffled",
     )
-    note = f"Over {_e(_fmt(part.get('rows')))} holdout rows; whiskers: one standard deviation"
+    note = (
+        f"Over {_e(format_value(part.get('rows')))} holdout rows; whiskers: one standard deviation"
+    )
     return f"<figure>{chart}<figcaption>{note}.</figcaption></figure>"
 
 
@@ -481,15 +484,15 @@ def _calibration(
     if chosen.get("reason"):
         facts.append(("Why", _e(chosen["reason"])))
     if _finite(figures.get("ece")):
-        facts.append(("Expected calibration error (ECE)", _e(_fmt(figures["ece"]))))
+        facts.append(("Expected calibration error (ECE)", _e(format_value(figures["ece"]))))
     if _finite(figures.get("brier")):
-        facts.append(("Brier score", _e(_fmt(figures["brier"]))))
+        facts.append(("Brier score", _e(format_value(figures["brier"]))))
     for key, label in (
         ("brierBefore", "Out-of-fold Brier before"),
         ("brierAfter", "Out-of-fold Brier after"),
     ):
         if _finite(chosen.get(key)):
-            facts.append((label, _e(_fmt(chosen[key]))))
+            facts.append((label, _e(format_value(chosen[key]))))
     out = _facts(facts)
     bins = [
         b
@@ -524,7 +527,7 @@ def _calibration(
     )
     legend = _legend([("line", "model"), ("reference", "perfectly calibrated")])
     caption = "Holdout rows binned by predicted probability: " + ", ".join(
-        f"{_e(_value(b.get('low')))}&ndash;{_e(_value(b.get('high')))}: {_e(_fmt(b.get('rows')))}"
+        f"{_e(_value(b.get('low')))}&ndash;{_e(_value(b.get('high')))}: {_e(format_value(b.get('rows')))}"
         for b in bins
     )
     return out + f"<figure>{chart}{legend}<figcaption>{caption}.</figcaption></figure>"
@@ -587,7 +590,7 @@ def _fairness(evaluation: dict[str, Any]) -> str:
             for figure, value in figures.items():
                 over = _finite(value) and float(value) > FAIRNESS_LIMIT
                 value_cell = (
-                    f'<td class="num over">{_e(_fmt(value))} (above {FAIRNESS_LIMIT})</td>'
+                    f'<td class="num over">{_e(format_value(value))} (above {FAIRNESS_LIMIT})</td>'
                     if over
                     else _num_cell(value)
                 )
@@ -668,7 +671,7 @@ def _residuals(holdout: Holdout | None) -> str:
     sampled = f" ({len(shown)} of them shown)" if len(shown) < len(pairs) else ""
     caption = (
         f"{len(pairs)} holdout rows{sampled}; mean residual (actual &minus; predicted) "
-        f"{_e(_fmt(mean))}, largest {_e(_fmt(largest))}. Points on the dashed diagonal are exact."
+        f"{_e(format_value(mean))}, largest {_e(format_value(largest))}. Points on the dashed diagonal are exact."
     )
     legend = _legend([("point", "holdout row"), ("reference", "predicted = actual")])
     return f"<figure>{chart}{legend}<figcaption>{caption}</figcaption></figure>"
@@ -1065,7 +1068,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _num_cell(value: Any, extra: str = "") -> str:
     cls = f"num {extra}".strip()
-    return f'<td class="{cls}">{_e(_fmt(value))}</td>'
+    return f'<td class="{cls}">{_e(format_value(value))}</td>'
 
 
 def _note(html_text: str) -> str:
@@ -1089,16 +1092,6 @@ def _finite(value: Any) -> TypeGuard[float]:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return math.isfinite(float(value))
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.4f}"
-    return str(value)
 
 
 def _value(value: Any) -> str:
