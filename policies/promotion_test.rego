@@ -329,6 +329,15 @@ test_calibration_ece_above_threshold if {
 	r == {"decision": "deny", "violations": ["calibration_ece: expected calibration error 0.08 > 0.05"]}
 }
 
+test_latency_above_threshold if {
+	r := prod_result(patched({"evidence": {"serving": {"latencyP95Ms": 180.5, "sizeMb": 2}}}))
+	r == {"decision": "deny", "violations": ["latency_p95: the served pipeline answers one row in 180.50 ms at p95 > 100 ms"]}
+}
+
+test_latency_within_threshold_is_allowed if {
+	prod_result(patched({"evidence": {"serving": {"latencyP95Ms": 12.3, "sizeMb": 2}}})).decision == "allow"
+}
+
 test_calibration_ece_at_the_threshold_is_allowed if {
 	prod_result(patched({"evidence": {"calibration": {"ece": 0.05}}})).decision == "allow"
 }

@@ -292,6 +292,17 @@ quality_violations contains msg if {
 	msg := sprintf("calibration_ece: expected calibration error %v > %v", [num(ece), num(thresholds.max_ece)])
 }
 
+# The run measures one-row latency of the served pipeline (evaluate's serving cost).
+quality_violations contains msg if {
+	latency := object.get(serving, "latencyP95Ms", null)
+	is_number(latency)
+	latency > thresholds.max_latency_p95_ms
+	msg := sprintf(
+		"latency_p95: the served pipeline answers one row in %v ms at p95 > %v ms",
+		[num(latency), num(thresholds.max_latency_p95_ms)],
+	)
+}
+
 # A limit that is not configured would let every figure through: deny instead.
 quality_violations contains msg if {
 	is_object(thresholds)
@@ -493,9 +504,11 @@ sensitive_attributes := object.get(evidence, "sensitiveAttributes", [])
 
 calibration := object.get(evidence, "calibration", {})
 
+serving := object.get(evidence, "serving", {})
+
 fairness_figures := ["demographic_parity_difference", "equalized_odds_difference"]
 
-limit_settings := ["max_demographic_parity_difference", "max_equalized_odds_difference", "max_ece"]
+limit_settings := ["max_demographic_parity_difference", "max_equalized_odds_difference", "max_ece", "max_latency_p95_ms"]
 
 present(obj, key) if {
 	is_string(obj[key])

@@ -65,6 +65,7 @@ def test_a_risk_officer_gets_the_whole_evidence_of_the_run(demo) -> None:
     assert set(evidence["fairness"]) == {
         "senior.demographic_parity_difference", "senior.equalized_odds_difference"}  # fmt: skip
     assert 0 <= evidence["calibration"]["ece"] <= 0.05
+    assert 0 < evidence["serving"]["latencyP95Ms"] < 100 and evidence["serving"]["sizeMb"] > 0
     card = Path(evidence["modelCardUri"].removeprefix("file://")).parent
     for produced in ("model_card.json", "model_card.md", "model_card.html", "explanations.json",
                      "report.html", "signature.json"):  # fmt: skip

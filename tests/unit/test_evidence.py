@@ -55,6 +55,7 @@ def test_fairness_is_measured_over_the_sensitive_attribute_it_does_not_train_on(
     parity = result["fairness"]["age_band.demographic_parity_difference"]
     odds = result["fairness"]["age_band.equalized_odds_difference"]
     assert parity > 0.2 and 0 <= odds <= 1  # a disparity a 0.1 gate catches
+    assert result["serving"]["latencyP95Ms"] > 0 and result["serving"]["sizeMb"] > 0
     bundle = load_bundle(run["root"] / "out" / "bundle")
     assert "age_band" not in [c.name for c in bundle.meta.columns]
     # Clients may still send it; it is accepted and ignored.

@@ -328,6 +328,7 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
         "status.evidence.sensitiveAttributes": _REGISTER,
         "status.evidence.explanationUri": _REGISTER,
         "status.evidence.reportUri": _REGISTER,
+        "status.evidence.serving": _REGISTER,
         "status.cardSignature.keyFingerprint": _REGISTER,
         "status.cardSignature.signatureUri": _REGISTER,
     },

@@ -102,6 +102,11 @@ class Evidence(Strict):
     report_uri: str | None = Field(
         default=None, description="The experiment's self-contained HTML report."
     )
+    serving: dict[str, float] = Field(
+        default_factory=dict,
+        description="The served pipeline's cost as the run measured it: `latencyP95Ms` (one "
+        "row) and `sizeMb` (the pickled model).",
+    )
 
 
 class CardSignature(Strict):

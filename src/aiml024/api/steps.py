@@ -98,6 +98,9 @@ class EvaluateResult(Strict):
         default_factory=dict, description="api.model.Evidence.fairness, measured on the holdout."
     )
     sensitive_attributes: list[str] = Field(default_factory=list)
+    serving: dict[str, float] = Field(
+        default_factory=dict, description="The chosen pipeline's latencyP95Ms and sizeMb."
+    )
     card_complete: bool
     threshold: float = 0.5
     trial: int | None = Field(default=None, description="The best single trial's number.")

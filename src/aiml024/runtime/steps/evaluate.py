@@ -189,6 +189,7 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
         calibration=result["calibration"],
         fairness=figures,
         sensitive_attributes=list(spec.fairness.sensitive_attributes),
+        serving=dict(costs.get(id(chosen), {})),
         card_complete=card["complete"],
         threshold=threshold,
         trial=_best_trial(board),

@@ -290,6 +290,7 @@ def model_manifest(params: RegisterParams, artifact_uri: str, card_uri: str) -> 
                 # evaluate writes explanations.json beside the card it explains
                 explanation_uri=f"{card_uri.rsplit('/', 1)[0]}/{EXPLANATIONS_FILE}",
                 report_uri=f"{card_uri.rsplit('/', 1)[0]}/{REPORT_FILE}",
+                serving=evaluated.serving,
             ),
             leaderboard=_leaderboard(searched.leaderboard),
             lineage=Lineage(
