@@ -110,3 +110,12 @@ def test_kinds_resolve_like_kubectl() -> None:
     assert kind_for("mdep") == "Deployment"
     with pytest.raises(SpecError, match="unknown kind 'pods'"):
         kind_for("pods")
+
+
+def test_a_cost_matrix_needs_classification() -> None:
+    """Refused when applied, not after training: a regression has no decision threshold."""
+    document = churn()
+    document["spec"] |= {"task": "regression", "target": "tenure_months",
+                         "objective": "minimize_rmse",
+                         "costMatrix": {"falsePositive": 1, "falseNegative": 5}}  # fmt: skip
+    assert "costMatrix applies to binary classification, not regression" in problems_of(document)

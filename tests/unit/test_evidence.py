@@ -128,7 +128,7 @@ def test_the_cost_matrix_moves_the_threshold(run: dict[str, Any]) -> None:
     assert card["evaluation"]["thresholdRule"] == "costMatrix"
     params["spec"] = {**params["spec"], "task": "regression", "target": "tenure",
                       "costMatrix": {"falsePositive": 1, "falseNegative": 1}}  # fmt: skip
-    with pytest.raises(Exception, match="costMatrix needs binary classification"):
+    with pytest.raises(Exception, match="costMatrix applies to binary classification"):
         evaluate_step.run(params, root / "in", root / "bad")
 
 

@@ -269,6 +269,14 @@ class ExperimentSpec(Strict):
     )
 
     @model_validator(mode="after")
+    def _cost_matrix_fits_task(self) -> ExperimentSpec:
+        if self.cost_matrix is not None and self.task != "classification":
+            raise ValueError(
+                f"costMatrix applies to binary classification, not {self.task}; remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _objective_fits_task(self) -> ExperimentSpec:
         if self.objective is None:
             return self
