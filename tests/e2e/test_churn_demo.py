@@ -131,6 +131,12 @@ def test_both_protocols_answer(demo) -> None:
     assert explained["method"] == "tree-shap" and explained["space"] == "log-odds"
     features = [c["feature"] for c in explained["contributions"]]
     assert "contract" in features and "senior" not in features  # senior: measured, not a feature
+    flip = httpx.post(
+        f"{endpoint}/v1/inference/churn:predict",
+        json={"instances": [row], "counterfactual": True}, timeout=30,
+    ).json()["predictions"][0]["counterfactual"]  # fmt: skip
+    assert flip["decision"] == str(prediction["label"])
+    assert flip["flipsTo"] is None or flip["changes"], flip
     v2 = httpx.post(f"{endpoint}/v2/models/churn-model-v1/infer", timeout=30, json={
         "parameters": {"content_type": "pd"},
         "inputs": [{"name": "tenure_months", "datatype": "FP64", "shape": [1], "data": [2]},

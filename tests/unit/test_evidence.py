@@ -208,3 +208,17 @@ def test_the_fairness_gate_denies_the_disparity_the_run_measured(run: dict[str, 
     fair = make_model()  # the same model with the good fixture's small disparity passes
     assert evaluate(fair, "production", default_policy_dir(), [approval("bob", "production")]
                     ).decision == "allow"  # fmt: skip
+
+
+def test_a_counterfactual_for_any_row_needs_only_the_bundle(run: dict[str, Any]) -> None:
+    """The bundle keeps what each column may change to and the immutable columns, so the
+    server can answer for a row it has never seen."""
+    bundle = load_bundle(run["root"] / "out" / "bundle")
+    assert bundle.meta.immutable_features == ["tenure"]
+    assert set(bundle.meta.counterfactual_values) == {c.name for c in bundle.meta.columns}
+    X = bundle.frame(run["clean"])
+    decided = bundle.predict(X)["label"].to_numpy()
+    row = X.iloc[[int(np.flatnonzero(decided == "yes")[0])]]
+    found = counterfactual(bundle, row)
+    assert found["immutable"] == ["tenure"] and found["flipsTo"] == "no", found
+    assert all(c["feature"] != "tenure" for c in found["changes"])

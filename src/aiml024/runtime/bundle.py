@@ -43,6 +43,10 @@ class BundleMeta(BaseModel):
     # Columns seen in training but not used (empty, constant, dropped PII): clients still send
     # them, so requests carrying them are accepted and the values ignored.
     ignored_columns: list[str] = Field(default_factory=list)
+    # What a counterfactual may change each column to (training quantiles or frequent values),
+    # and the columns it never changes (spec.explain.immutableFeatures).
+    counterfactual_values: dict[str, list[Any]] = Field(default_factory=dict)
+    immutable_features: list[str] = Field(default_factory=list)
 
 
 class Bundle:

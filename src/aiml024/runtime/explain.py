@@ -216,25 +216,36 @@ def partial_dependence(
 def counterfactual(
     bundle: Bundle,
     row: pd.DataFrame,
-    reference: pd.DataFrame,
-    immutable: Sequence[str] = (),
+    reference: pd.DataFrame | None = None,
+    immutable: Sequence[str] | None = None,
     max_changes: int = 3,
     candidates: int = 8,
 ) -> dict[str, Any]:
     """The fewest single-column changes (at most `max_changes`, greedy: each step takes the
     change that moves the decision score furthest toward another decision) that flip the
     decision for `row`, with values drawn from `reference` (quantiles of a number, frequent
-    values otherwise); columns in `immutable` never change. Each step scores every candidate
-    change in one batch."""
+    values otherwise; default: the bundle's own, from its training rows); columns in
+    `immutable` (default: the bundle's spec.explain.immutableFeatures) never change. Each
+    step scores every candidate change in one batch."""
+    immutable = bundle.meta.immutable_features if immutable is None else immutable
     if bundle.meta.task == "regression":
         return {"decision": None, "flipsTo": None, "changes": [], "immutable": list(immutable),
                 "reason": "a regression model makes no decision to flip"}  # fmt: skip
     original = str(decisions(bundle, row)[0])
     # Integer columns take the candidates' float quantiles: hold every number as a float.
-    current = row.astype({c: float for c in row.columns if pd.api.types.is_integer_dtype(row[c])})
+    # Dates take ISO text (the bundle parses requests so): hold them as objects.
+    current = row.astype(
+        {c: float for c in row.columns if pd.api.types.is_integer_dtype(row[c])}
+        | {c: object for c in row.columns if pd.api.types.is_datetime64_any_dtype(row[c])}
+    )
     changed: list[str] = []
     mutable = [c for c in row.columns if c not in set(immutable)]
-    options = {c: _candidate_values(reference[c], candidates) for c in mutable}
+    options = {
+        c: candidate_values(reference[c], candidates)
+        if reference is not None
+        else list(bundle.meta.counterfactual_values.get(c, []))
+        for c in mutable
+    }
     toward_lower = _wants_lower(bundle, row)
     for _ in range(max_changes):
         moves = [
@@ -272,16 +283,18 @@ def _wants_lower(bundle: Bundle, row: pd.DataFrame) -> bool:
     return True  # multiclass: lower the predicted class's probability
 
 
-def _candidate_values(values: pd.Series, count: int) -> list[Any]:
+def candidate_values(values: pd.Series, count: int = 8) -> list[Any]:
+    """What a counterfactual may set a column to: its distinct values when there are few,
+    else quantiles of a number or the most frequent values (JSON-native)."""
     present = values.dropna()
     if present.empty:
         return []
     distinct = present.unique()
     if len(distinct) <= count:  # booleans and small codes: the values themselves
-        return sorted(distinct.tolist(), key=str)
+        return [_plain(v) for v in sorted(distinct.tolist(), key=str)]
     if pd.api.types.is_numeric_dtype(present):
         return [float(v) for v in np.unique(np.quantile(present, np.linspace(0.05, 0.95, count)))]
-    return list(present.astype(object).value_counts().index[:count])
+    return [_plain(v) for v in present.astype(object).value_counts().index[:count]]
 
 
 def _change(feature: str, before: Any, after: Any) -> dict[str, Any]:

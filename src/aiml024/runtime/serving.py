@@ -17,7 +17,8 @@ Endpoints:
     POST /v2/models/<model>/infer           V2 protocol; one input tensor per column
     POST /v1/inference/<deployment>:predict {"instances": [{column: value}, ...]} ->
         {"predictions": [...], "latency_ms": ..., "model": ..., "version": <sha256[:12]>}
-        ("explain": true adds each prediction's SHAP explanation by input column)
+        ("explain": true adds each prediction's SHAP explanation by input column;
+        "counterfactual": true the fewest changes that flip its decision)
 
 Traffic split: the route owner picks a model per request by smooth weighted round-robin (the
 nginx algorithm) over the plan's live predictors, so a 90/10 split sends exactly 10 of every 100 requests to the canary,
@@ -54,7 +55,7 @@ from aiml024.api.labels import short_digest
 from aiml024.api.plan import RuntimeSettings
 
 from .bundle import META_FILE, Bundle, bundle_digest, load_bundle
-from .explain import local_explanation
+from .explain import counterfactual, local_explanation
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class PredictRequest(BaseModel):
 
     instances: list[dict[str, Any]]
     explain: bool = False  # add each row's SHAP explanation (aiml024.runtime.explain)
+    counterfactual: bool = False  # add each row's counterfactual: the changes that flip it
 
 
 class Aiml024Runtime(MLModel):
@@ -162,10 +164,15 @@ class Aiml024Runtime(MLModel):
         )
 
     def predict_records(
-        self, instances: list[dict[str, Any]], endpoint: str = "rest", explain: bool = False
+        self,
+        instances: list[dict[str, Any]],
+        endpoint: str = "rest",
+        explain: bool = False,
+        counterfactuals: bool = False,
     ) -> list[dict[str, Any]]:
         """The product's format: JSON rows in, JSON-native rows with label and score out;
-        with `explain`, each row also carries its SHAP explanation by input column."""
+        with `explain`, each row also carries its SHAP explanation by input column, and with
+        `counterfactuals` the fewest changes that would flip its decision."""
         if not instances:
             return []
         for row in instances:
@@ -174,10 +181,13 @@ class Aiml024Runtime(MLModel):
         frame = pd.DataFrame.from_records(instances)
         result = self._predict_frame(frame, endpoint=endpoint)
         rows = [{k: _native(v) for k, v in row.items()} for row in result.to_dict(orient="records")]
-        if explain:
+        if explain or counterfactuals:
             typed = self.bundle().frame(frame)
             for i, row in enumerate(rows):
-                row["explanation"] = local_explanation(self.bundle(), typed.iloc[[i]])
+                if explain:
+                    row["explanation"] = local_explanation(self.bundle(), typed.iloc[[i]])
+                if counterfactuals:
+                    row["counterfactual"] = counterfactual(self.bundle(), typed.iloc[[i]])
         return rows
 
     async def _route(self, body: PredictRequest) -> dict[str, Any]:
@@ -189,7 +199,9 @@ class Aiml024Runtime(MLModel):
             target = _LOADED.get(chosen, self)
             if target is self and chosen != self.name:
                 log.warning("model %s is not loaded here; %s serves instead", chosen, self.name)
-        predictions = target.predict_records(body.instances, explain=body.explain)
+        predictions = target.predict_records(
+            body.instances, explain=body.explain, counterfactuals=body.counterfactual
+        )
         latency_ms = round((time.perf_counter() - start) * 1000, 3)
         if plan is not None and plan.shadows:
             # After this handler returns: the caller's answer does not wait for the shadows.

@@ -51,7 +51,7 @@ from ..bundle import Bundle, BundleMeta, InputColumn, save_bundle
 from ..calibration import choose_calibration, cost_threshold, reliability_curve
 from ..card import build_card, render_markdown
 from ..ensemble import blend
-from ..explain import explain_model
+from ..explain import candidate_values, explain_model
 from ..fairness import audit
 from ..learners import EnsembleEstimator
 from ..metrics import (
@@ -108,6 +108,8 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     labels = _labels(data)
     X_train, X_hold = X.iloc[split.train], X.iloc[split.holdout]
     y_train, y_hold = labels[split.train], data.y[split.holdout]
+    meta.counterfactual_values = {c: candidate_values(X_train[c]) for c in X.columns}
+    meta.immutable_features = list(spec.explain.immutable_features)
 
     def fit(row: LeaderboardRow) -> Pipeline:
         return candidate_pipeline(spec, data, row, trials, pii, pii_action).fit(X_train, y_train)
