@@ -61,9 +61,10 @@ def test_a_risk_officer_gets_the_whole_evidence_of_the_run(demo) -> None:
     cli, *_ = demo
     status = get(cli, "model", "churn-model-v1")["status"]
     evidence = status["evidence"]
-    assert evidence["sensitiveAttributes"] == ["senior"]
+    assert evidence["sensitiveAttributes"] == ["senior", "region"]
     assert set(evidence["fairness"]) == {
-        "senior.demographic_parity_difference", "senior.equalized_odds_difference"}  # fmt: skip
+        f"{a}.{f}" for a in ("senior", "region")
+        for f in ("demographic_parity_difference", "equalized_odds_difference")}  # fmt: skip
     assert 0 <= evidence["calibration"]["ece"] <= 0.05
     assert 0 < evidence["serving"]["latencyP95Ms"] < 100 and evidence["serving"]["sizeMb"] > 0
     card = Path(evidence["modelCardUri"].removeprefix("file://")).parent
@@ -130,7 +131,7 @@ def test_both_protocols_answer(demo) -> None:
     ).json()["predictions"][0]["explanation"]  # fmt: skip
     assert explained["method"] == "tree-shap" and explained["space"] == "log-odds"
     features = [c["feature"] for c in explained["contributions"]]
-    assert "contract" in features and "senior" not in features  # senior: measured, not a feature
+    assert "contract" in features and "region" not in features  # measured, not a feature
     flip = httpx.post(
         f"{endpoint}/v1/inference/churn:predict",
         json={"instances": [row], "counterfactual": True}, timeout=30,
@@ -147,19 +148,35 @@ def test_both_protocols_answer(demo) -> None:
     assert set(outputs) >= {"label", "score"}
 
 
-def test_production_needs_policy_and_another_persons_approval(demo) -> None:
+def test_production_is_refused_on_fairness_until_glass_is_broken_and_approved(demo) -> None:
+    """The churn model's selection rate differs across regions far beyond 0.1: production is
+    denied on the evidence; a risk officer breaks the glass with a reason (not the author),
+    and still another person must approve."""
     cli, *_ = demo
     author = os.environ.get("AIML024_USER") or __import__("getpass").getuser()
     asked = cli("promote", "model/churn-model-v1", "--stage", "production")
-    assert asked.code == 0, asked.err
-    assert "require_approval" in asked.out
-    own = cli("approve", "model/churn-model-v1", "--stage", "production", user=author)
-    assert own.code == 1 and "cannot approve it (four eyes" in own.err
-    other = cli("approve", "model/churn-model-v1", "--stage", "production", user="risk-officer")
+    assert asked.code == 1 and "deny" in asked.out
+    assert "fairness_demographic_parity" in asked.out and "region" in asked.out
+    status = get(cli, "model", "churn-model-v1")["status"]
+    assert status["evidence"]["fairness"]["region.demographic_parity_difference"] > 0.1
+    assert status["stage"] == "staging"
+    why = "retention campaign needs it; regional disparity reviewed, ticket RISK-42"
+    own = cli("promote", "model/churn-model-v1", "--stage", "production",
+              "--break-glass", why, user=author)  # fmt: skip
+    assert own.code != 0 and "author" in (own.out + own.err)
+    broken = cli("promote", "model/churn-model-v1", "--stage", "production",
+                 "--break-glass", why, user="risk-officer")  # fmt: skip
+    assert broken.code == 0, broken.out + broken.err
+    assert "require_approval" in broken.out and "break_glass" in broken.out
+    mine = cli("approve", "model/churn-model-v1", "--stage", "production", user="risk-officer")
+    assert get(cli, "model", "churn-model-v1")["status"]["stage"] == "staging", mine.out
+    other = cli("approve", "model/churn-model-v1", "--stage", "production", user="cro")
     assert other.code == 0, other.err
     model = get(cli, "model", "churn-model-v1")
     assert model["status"]["stage"] == "production"
-    assert [a["user"] for a in model["status"]["approvals"]] == ["risk-officer"]
+    assert any("break_glass: risk-officer overrode fairness_demographic_parity" in v
+               for v in model["status"]["policy"]["violations"])  # fmt: skip
+    assert "break-glass" in cli("audit", "log").out
 
 
 def test_apply_again_is_idempotent(demo) -> None:
