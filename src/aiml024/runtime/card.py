@@ -327,16 +327,7 @@ def render_html(card: Mapping[str, Any]) -> str:
     title = f"Model card: {card.get('model')}"
     complete = bool(card.get("complete"))
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>\n{_STYLE}\n</style>",
-        "</head>",
-        "<body>",
-        "<main>",
+        *page_head(title, _STYLE),
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="{"complete" if complete else "incomplete"}">{_inline(_complete_line(card))}'
         "</p>",
@@ -440,6 +431,22 @@ def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
 
 def _shown(value: Any) -> bool:
     return value not in (None, "", [], {})
+
+
+def page_head(title: str, style: str) -> list[str]:
+    """The opening of a self-contained HTML page, up to its open <main>: inline style only."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>\n{style}\n</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+    ]
 
 
 def format_value(value: Any) -> str:

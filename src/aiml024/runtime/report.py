@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .card import format_value
+from .card import format_value, page_head
 from .metrics import better, direction_of
 
 # The plots' colours: fixed, so a screenshot shows which marks drew (the page's CSS uses none).
@@ -140,16 +140,7 @@ def render_report(
     title = f"Experiment report: {card.get('model') or 'model'}"
     nav = " ".join(f'<a href="#{anchor}">{_e(name)}</a>' for anchor, name, _ in sections)
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>\n{_STYLE}\n</style>",
-        "</head>",
-        "<body>",
-        "<main>",
+        *page_head(title, _STYLE),
         f"<h1>{_e(title)}</h1>",
         f"<nav>{nav}</nav>",
     ]
