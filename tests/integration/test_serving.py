@@ -174,6 +174,15 @@ def test_explain_adds_each_rows_explanation_or_says_why_not(server: ServerInfo) 
         assert explanation["method"] == "none" and "not an aiml024 ensemble" in explanation["reason"]
 
 
+def test_explaining_many_rows_in_one_request_is_refused(server: ServerInfo) -> None:
+    """Explanations cost far more than predictions: a caller cannot ask for them in bulk."""
+    body = {"instances": ROWS * 7, "counterfactual": True}
+    response = httpx.post(server.routes["churn"], json=body)
+    assert response.status_code == 400
+    assert "at most 20 instances per request, not 21" in response.text
+    assert httpx.post(server.routes["churn"], json={"instances": ROWS * 7}).status_code == 200
+
+
 def test_product_endpoint_splits_traffic_by_weight(server: ServerInfo) -> None:
     models = [
         httpx.post(server.routes["churn"], json={"instances": ROWS[:1]}).json()["model"]

@@ -17,7 +17,7 @@ Endpoints:
     POST /v2/models/<model>/infer           V2 protocol; one input tensor per column
     POST /v1/inference/<deployment>:predict {"instances": [{column: value}, ...]} ->
         {"predictions": [...], "latency_ms": ..., "model": ..., "version": <sha256[:12]>}
-        ("explain": true adds each prediction's SHAP explanation by input column;
+        (at most 20 rows: "explain": true adds each prediction's SHAP explanation by input column;
         "counterfactual": true the fewest changes that flip its decision)
 
 Traffic split: the route owner picks a model per request by smooth weighted round-robin (the
@@ -75,6 +75,9 @@ PREDICTION_SECONDS: Histogram = globals().get("PREDICTION_SECONDS") or Histogram
 )
 
 _NUMERIC = set("INT8 INT16 INT32 INT64 UINT8 UINT16 UINT32 UINT64 FP16 FP32 FP64".split())
+
+
+MAX_EXPLAINED_ROWS = 20
 
 
 class PredictRequest(BaseModel):
@@ -175,6 +178,13 @@ class Aiml024Runtime(MLModel):
         `counterfactuals` the fewest changes that would flip its decision."""
         if not instances:
             return []
+        if (explain or counterfactuals) and len(instances) > MAX_EXPLAINED_ROWS:
+            # Each explained row costs SHAP and up to three batches of candidate rows: any
+            # caller of the route could otherwise make one request cost minutes of CPU.
+            raise InferenceError(
+                f"explain and counterfactual take at most {MAX_EXPLAINED_ROWS} instances per "
+                f"request, not {len(instances)}"
+            )
         for row in instances:
             for column in row:
                 self._check_column(column)
