@@ -180,6 +180,9 @@ def test_sensitive_attributes_are_features_only_when_allowed() -> None:
     missing = {**base, "fairness": {"sensitiveAttributes": ["gender"]}}
     with pytest.raises(StepError, match="fairness.sensitiveAttributes 'gender' are not columns"):
         training_data(clean, ExperimentSpec.model_validate(missing))
+    typo = {**base, "explain": {"immutableFeatures": ["tenur"]}}  # never silently ignored
+    with pytest.raises(StepError, match="explain.immutableFeatures 'tenur' are not columns"):
+        training_data(clean, ExperimentSpec.model_validate(typo))
 
 
 def test_the_fairness_gate_denies_the_disparity_the_run_measured(run: dict[str, Any]) -> None:

@@ -59,12 +59,13 @@ def training_data(
     rows = np.flatnonzero(labelled)
     frame = clean.iloc[rows].reset_index(drop=True)
     attributes = list(spec.fairness.sensitive_attributes)
-    missing = [c for c in attributes if c not in frame.columns]
-    if missing:
-        raise StepError(
-            f"fairness.sensitiveAttributes {', '.join(map(repr, missing))} are not columns of "
-            "the data"
-        )
+    for field, named in (
+        ("fairness.sensitiveAttributes", attributes),
+        ("explain.immutableFeatures", spec.explain.immutable_features),
+    ):
+        missing = [c for c in named if c not in frame.columns]
+        if missing:
+            raise StepError(f"{field} {', '.join(map(repr, missing))} are not columns of the data")
     sensitive = frame[attributes].reset_index(drop=True) if attributes else None
     excluded = {target, spec.id_column}
     if not spec.fairness.allow_as_features:
