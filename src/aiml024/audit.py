@@ -61,7 +61,7 @@ from .files import write_atomic
 from .reconcile.break_glass import newly_counted
 from .reconcile.clock import now as _now
 
-KINDS = ("policy", "approval", "promotion", "rollback", "break-glass")
+KINDS = ("policy", "approval", "promotion", "rollback", "break-glass", "rollout", "retrain")
 GENESIS = "0" * 64  # the prev of entry 1
 FIELDS = ("seq", "at", "kind", "actor", "subject", "details", "prev", "hash")
 HEAD = "head.json"
@@ -369,6 +369,51 @@ def rollback_record(
     return Record("rollback", actor, subject, details)
 
 
+def rollout_record(
+    subject: dict[str, str],
+    phase: str,
+    candidate: str,
+    reason: str,
+    before: dict[str, int],
+    after: dict[str, int],
+    models: dict[str, str],
+    actor: str,
+) -> Record:
+    """A rollout that finished without a breach (`phase` Promoted: the candidate serves all
+    live traffic as stable; Concluded: an A/B test kept stable): traffic from `before` to
+    `after`, `models` predictor -> digest before the move. Rollbacks are rollback_record's."""
+    details = {
+        "phase": phase,
+        "candidate": candidate,
+        "reason": reason,
+        "from": before,
+        "to": after,
+        "models": models,
+    }
+    return Record("rollout", actor, subject, details)
+
+
+def retrain_record(
+    subject: dict[str, str],
+    monitor: str,
+    experiment: str,
+    generation: int,
+    data_uri: str,
+    drifted: list[str],
+    actor: str,
+) -> Record:
+    """A drift monitor's retrain: Experiment `experiment` reruns at `generation` on
+    `data_uri` because `drifted` (features, or `prediction`) drifted."""
+    details = {
+        "monitor": monitor,
+        "experiment": experiment,
+        "generation": generation,
+        "dataUri": data_uri,
+        "drifted": drifted,
+    }
+    return Record("retrain", actor, subject, details)
+
+
 def summary(entry: Entry) -> str:
     """One line on what an entry records, for `aiml024 audit log`."""
     d = entry.get("details") or {}
@@ -384,6 +429,13 @@ def summary(entry: Entry) -> str:
         return f"stage {d.get('from')} -> {d.get('to')}"
     if kind == "rollback":
         return f"traffic {_split(d.get('from'))} -> {_split(d.get('to'))}: {d.get('reason')}"
+    if kind == "rollout":
+        text = f"{d.get('candidate')} {str(d.get('phase')).lower()}: traffic "
+        return text + f"{_split(d.get('from'))} -> {_split(d.get('to'))}: {d.get('reason')}"
+    if kind == "retrain":
+        text = f"monitor {d.get('monitor')} retrains experiment {d.get('experiment')} "
+        text += f"(generation {d.get('generation')}) on {d.get('dataUri')}"
+        return text + f": drift on {', '.join(d.get('drifted') or [])}"
     if kind == "break-glass":
         rules = sorted({str(v).split(":", 1)[0] for v in d.get("overridden") or []})
         text = f"broke the glass for stage {d.get('stage')} of {str(d.get('digest'))[:12]}"

@@ -504,6 +504,79 @@ def test_canary_rolls_back_on_slo_breach(api: Emulator, operator: OperatorThread
         cluster.wait_for(kind, name, lambda o: o is None, what="to be collected")
 
 
+def test_canary_walks_its_steps_and_is_promoted(
+    api: Emulator, operator: OperatorThread, ns: str
+) -> None:
+    """Each step holds its pause with the SLO met, then the next weight; after the last the
+    candidate alone serves, as the stable predictor, and the promotion is audited."""
+    alice = as_user(api, "alice", ns)
+    _register_directly(api, ns, "churn-v1", "a" * 64)
+    _register_directly(api, ns, "churn-v2", "b" * 64)
+    steps = [{"weight": 10, "pauseSeconds": 1}, {"weight": 50, "pauseSeconds": 1}]
+    alice.create(
+        {
+            "apiVersion": "aiml024.io/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": "churn"},
+            "spec": {
+                "model": "churn-v1",
+                "requireStage": "staging",
+                "strategy": {"type": "canary", "canary": {"model": "churn-v2", "steps": steps}},
+                "slo": {"latencyP95Ms": 150, "errorRate": 0.01},
+            },
+        }
+    )
+    cluster = seldon(api, ns)
+    sdep = cluster.wait_for("SeldonDeployment", "churn", lambda s: s is not None)
+    assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == [
+        ("stable", 90),
+        ("canary", 10),
+    ]
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"].get("rollout"))
+    assert dep["status"]["rollout"]["phase"] == "Progressing"
+    assert (dep["status"]["rollout"]["step"], dep["status"]["rollout"]["weight"]) == (0, 10)
+
+    METRICS[f"{ns}/churn/stable"] = METRICS[f"{ns}/churn/canary"] = _exposition(0.05)
+    cluster.patch("SeldonDeployment", "churn", {"status": {"state": "Available"}}, sub="status")
+    cluster.wait_for(
+        "SeldonDeployment",
+        "churn",
+        lambda s: [p.get("traffic") for p in s["spec"]["predictors"]] == [50, 50],
+        what="the second step",
+    )
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["rollout"]["step"] == 1)
+    assert dep["status"]["traffic"] == {"stable": 50, "canary": 50}
+    sdep = cluster.wait_for(
+        "SeldonDeployment",
+        "churn",
+        lambda s: len(s["spec"]["predictors"]) == 1,
+        what="the promotion",
+        timeout=15,
+    )
+    [stable] = sdep["spec"]["predictors"]
+    assert (stable["name"], stable["traffic"], stable["labels"]["aiml024.io/model"]) == (
+        "stable",
+        100,
+        "churn-v2",
+    )
+    dep = alice.wait_for(
+        "Deployment", "churn", lambda d: d["status"]["rollout"]["phase"] == "Promoted"
+    )
+    dep = alice.wait_for("Deployment", "churn", lambda d: d["status"]["traffic"] == {"stable": 100})
+    assert dep["status"]["models"] == {"stable": "b" * 64}
+    assert dep["status"]["rollout"]["weight"] == 100
+    assert {"RolloutStep", "Promoted"} <= reasons(alice, "churn", {"RolloutStep", "Promoted"})
+    log = audit.AuditLog(STORE.as_uri(), ns)
+    deadline = time.monotonic() + 5
+    while not any(e["kind"] == "rollout" for e in log.entries()):
+        assert time.monotonic() < deadline, "the promotion is audited"
+        time.sleep(0.05)
+    [entry] = [e for e in log.entries() if e["kind"] == "rollout"]
+    assert entry["actor"] == OPERATOR_USER and entry["details"]["phase"] == "Promoted"
+    assert entry["details"]["candidate"] == "churn-v2"
+    assert entry["details"]["to"] == {"stable": 100}
+
+
 # --- restarts -------------------------------------------------------------------------------
 
 

@@ -304,3 +304,21 @@ def test_opa_errors_and_timeouts_deny(case: str) -> None:
     assert result.decision == "deny"
     assert result.violations[0].startswith("policy_error:")
     assert time.monotonic() - started < 3
+
+
+def test_ab_outcomes_are_read_back_from_the_store(tmp_path: Path) -> None:
+    """The operator's own reader of the request log and feedback parts (no pandas)."""
+    from aiml024.api.monitoring import monitor_root
+    from aiml024.operator import outcomes
+
+    root = Path(monitor_root(str(tmp_path), "ns", "churn"))
+    (root / "requests").mkdir(parents=True)
+    (root / "feedback" / "2026").mkdir(parents=True)
+    lines = [{"id": "1", "role": "stable"}, {"id": "2", "role": "canary"}]
+    (root / "requests" / "part-1.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    (root / "feedback" / "2026" / "part-1.jsonl").write_text(
+        '{"id": "1", "outcome": true}\n{"id": "2", "outcome": 0}\n{"id": "2", "outc'
+    )
+    (root / "feedback" / "notes.txt").write_text('{"id": "1", "outcome": 5}')
+    assert outcomes.outcomes(tmp_path.as_uri(), "ns", "churn") == ([1.0], [0.0])
+    assert outcomes.outcomes(tmp_path.as_uri(), "ns", "other") == ([], [])

@@ -275,3 +275,128 @@ def test_runtime_loads_a_bundle_from_a_remote_store(bundles: dict[str, tuple[Pat
     asyncio.run(runtime.unload())
 
     assert predictions[0]["customer_id"] == "c-1" and predictions[0]["label"] == "yes"
+
+
+# -- the compiled fast path, the request log, feedback, gRPC, metrics ----------------------------
+
+
+def _aiml024_bundle(directory: Path) -> str:
+    """An aiml024 pipeline (PiiMasker -> Featurizer -> LightGBM ensemble): the fast path."""
+    from aiml024.runtime.bundle import Bundle
+    from aiml024.runtime.features import Featurizer
+    from aiml024.runtime.learners import EnsembleEstimator
+    from aiml024.runtime.pii import PiiMasker
+
+    rng = np.random.default_rng(0)
+    n = 200
+    meta = BundleMeta(
+        task="classification", target="churn", id_column="customer_id", classes=["no", "yes"],
+        columns=[InputColumn(name="tenure", dtype="numeric"),
+                 InputColumn(name="plan", dtype="categorical")],
+    )  # fmt: skip
+    raw = pd.DataFrame(
+        {"tenure": rng.integers(1, 60, n).astype(float), "plan": rng.choice(["basic", "pro"], n)}
+    )
+    churn = np.where((raw["tenure"] < 20) | (raw["plan"] == "basic"), "yes", "no")
+    members = [("lightgbm", {"num_leaves": 4, "min_child_samples": 5}, 10)]
+    pipeline = Pipeline([
+        ("pii", PiiMasker(columns={})),
+        ("features", Featurizer(types={"tenure": "numeric", "plan": "categorical"})),
+        ("model", EnsembleEstimator(members, [1.0], "classification", ["no", "yes"])),
+    ]).fit(Bundle(None, meta).frame(raw), churn)  # fmt: skip
+    return save_bundle(directory, pipeline, meta)
+
+
+@pytest.fixture(scope="module")
+def fast_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerInfo, Path, Path]:
+    from aiml024.api.plan import request_log_root
+
+    root = tmp_path_factory.mktemp("fast")
+    sha = _aiml024_bundle(root / "bundle")
+    log_root = request_log_root(str(root / "store"), "default", "churn")
+    (Path(log_root) / "drift").mkdir(parents=True)
+    (Path(log_root) / "drift" / "latest.json").write_text(
+        '{"method": "psi", "features": [{"feature": "tenure", "score": 0.31}]}'
+    )
+    plan = _single(ServedModel("churn-fast", str(root / "bundle"), sha))
+    info = start_server(plan, root / "serve", request_log=log_root)
+    yield info, root / "bundle", Path(log_root)
+    stop_server(info)
+
+
+def test_fast_path_serves_what_the_bundle_predicts(fast_server) -> None:
+    from aiml024.runtime.bundle import load_bundle
+
+    info, bundle_dir, _ = fast_server
+    response = httpx.post(info.routes["churn"], json={"instances": ROWS})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
+    expected = load_bundle(bundle_dir).predict(ROWS)
+    assert [p["label"] for p in body["predictions"]] == list(expected["label"])
+    assert np.allclose([p["score"] for p in body["predictions"]], expected["score"], atol=1e-9)
+    outputs = _outputs(httpx.post(f"{info.url}/v2/models/churn-fast/infer", json=_v2_request(ROWS)))
+    assert np.allclose(outputs["score"], expected["score"], atol=1e-9)
+    bad = httpx.post(info.routes["churn"], json={"instances": [{"tenure": "abc"}]})
+    assert bad.status_code == 400 and "column 'tenure' is numeric; got 'abc'" in bad.json()["error"]
+    assert httpx.post(info.routes["churn"], content=b"{nope").status_code == 400
+
+
+def test_v2_grpc_answers_with_mlservers_stubs(fast_server) -> None:
+    import grpc
+    from mlserver.grpc import dataplane_pb2 as pb
+    from mlserver.grpc import dataplane_pb2_grpc
+
+    info, bundle_dir, _ = fast_server
+    request = pb.ModelInferRequest(model_name="churn-fast", inputs=[
+        pb.ModelInferRequest.InferInputTensor(
+            name="tenure", datatype="FP64", shape=[3, 1],
+            contents=pb.InferTensorContents(fp64_contents=[r["tenure"] for r in ROWS])),
+        pb.ModelInferRequest.InferInputTensor(
+            name="plan", datatype="BYTES", shape=[3, 1],
+            contents=pb.InferTensorContents(bytes_contents=[r["plan"].encode() for r in ROWS])),
+    ])  # fmt: skip
+    with grpc.insecure_channel(f"127.0.0.1:{info.grpc_port}") as channel:
+        reply = dataplane_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    outputs = {o.name: o for o in reply.outputs}
+    from aiml024.runtime.bundle import load_bundle
+
+    expected = load_bundle(bundle_dir).predict(ROWS)
+    assert np.allclose(list(outputs["score"].contents.fp64_contents), expected["score"], atol=1e-9)
+    assert [b.decode() for b in outputs["label"].contents.bytes_contents] == list(expected["label"])
+
+
+def test_requests_and_feedback_reach_the_log_and_metrics(fast_server) -> None:
+    import time
+
+    from aiml024.runtime.requestlog import read_records
+
+    info, _, log_root = fast_server
+    answer = httpx.post(info.routes["churn"], json={"instances": ROWS[:1]}).json()
+    feedback = f"{info.url}/v1/feedback/churn"
+    assert httpx.post(feedback, json={"id": answer["id"], "outcome": 1}).status_code == 200
+    listed = {"feedback": [{"id": answer["id"], "outcome": "yes"}]}
+    assert httpx.post(feedback, json=listed).json() == {"accepted": 1}
+    assert httpx.post(feedback, json={"id": answer["id"]}).status_code == 400
+    deadline = time.monotonic() + 10
+    records: list[dict] = []
+    while time.monotonic() < deadline:
+        records = [r for r in read_records(str(log_root)) if r["id"] == answer["id"]]
+        outcomes = [r for r in read_records(str(log_root), "feedback") if r["id"] == answer["id"]]
+        if records and len(outcomes) == 2:
+            break
+        time.sleep(0.3)
+    [record] = records
+    assert record["instances"] == ROWS[:1] and record["role"] == "stable"
+    assert record["endpoint"] == "rest" and record["model"] == "churn-fast"
+    assert record["predictions"][0]["score"] == answer["predictions"][0]["score"]
+    assert [o["outcome"] for o in outcomes] == [1, "yes"]
+    text = httpx.get(f"http://127.0.0.1:{info.metrics_port}/metrics").text
+    route = 'deployment="churn",endpoint="rest",model="churn-fast",role="stable"'
+    assert f'aiml024_requests_total{{code="200",{route}}}' in text
+    assert f'aiml024_requests_total{{code="400",{route}}}' in text
+    buckets = [line for line in text.splitlines() if line.startswith("aiml024_request_seconds_b")]
+    assert any('le="0.0005"' in line and 'role="stable"' in line for line in buckets)
+    scores = [line for line in text.splitlines() if line.startswith("aiml024_prediction_score_b")]
+    assert any('model="churn-fast"' in line and 'deployment="churn"' in line for line in scores)
+    assert 'aiml024_drift_score{deployment="churn",feature="tenure",method="psi"} 0.31' in text

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from tests.conftest import EXAMPLES
+from tests.schema_validation import validate_upstream
 
 from aiml024.api import Deployment, Model, parse_object
+from aiml024.api.deployment import RolloutStatus
 from aiml024.api.plan import plan_deployment
 from aiml024.compiler import (
     CompileError,
@@ -85,8 +89,54 @@ class TestSeldonDeployment:
 
     @pytest.mark.parametrize("weight", [0, 1, 50, 99, 100])
     def test_weights_always_sum_to_100(self, weight: int) -> None:
-        spec = {"strategy": {"type": "ab", "canary": {"model": "churn-model-2", "weight": weight}}}
+        spec = {
+            "strategy": {"type": "canary", "canary": {"model": "churn-model-2", "weight": weight}}
+        }
         assert live_traffic(predictors(spec)) == 100
+        if 1 <= weight <= 99:
+            ab = {"strategy": {"type": "ab", "ab": {"model": "churn-model-2", "weight": weight}}}
+            preds = predictors(ab)
+            assert [(n, p["traffic"]) for n, p in preds.items()] == [
+                ("stable", 100 - weight),
+                ("canary", weight),
+            ]
+
+    def test_bluegreen_loads_green_beside_blue_with_no_traffic(self, schemas_dir: Path) -> None:
+        spec = {"strategy": {"type": "bluegreen", "blueGreen": {"model": "churn-model-2"}}}
+        sdep = compiled(spec)["SeldonDeployment"]
+        preds = {p["name"]: p for p in sdep["spec"]["predictors"]}
+        assert [(n, p["traffic"]) for n, p in preds.items()] == [("stable", 100), ("canary", 0)]
+        assert preds["canary"]["labels"]["aiml024.io/model"] == "churn-model-2"
+        assert validate_upstream(sdep, schemas_dir) == []
+
+    @pytest.mark.parametrize(
+        ("phase", "weight", "expected"),
+        [
+            ("Progressing", 50, [("stable", 50), ("canary", 50)]),
+            ("Progressing", 100, [("stable", 0), ("canary", 100)]),  # blue/green switched
+            ("RolledBack", 0, [("stable", 100), ("canary", 0)]),
+            ("Concluded", 0, [("stable", 100), ("canary", 0)]),
+        ],
+    )
+    def test_a_rollouts_plan_sets_the_weights(
+        self, phase: str, weight: int, expected: list[tuple[str, int]], schemas_dir: Path
+    ) -> None:
+        dep = deployment({"strategy": {"type": "ab", "ab": {"model": "churn-model-2"}}})
+        rollout = RolloutStatus(
+            strategy="ab", candidate="churn-model-2", phase=phase, weight=weight
+        )  # type: ignore[arg-type]
+        sdep = compile_deployment(dep, plan_deployment(dep, MODELS, rollout=rollout))[0]
+        assert [(p["name"], p["traffic"]) for p in sdep["spec"]["predictors"]] == expected
+        assert validate_upstream(sdep, schemas_dir) == []
+
+    def test_a_promoted_candidate_is_the_only_predictor(self, schemas_dir: Path) -> None:
+        dep = deployment(CANARY)
+        rollout = RolloutStatus(strategy="canary", candidate="churn-model-2", phase="Promoted")
+        sdep = compile_deployment(dep, plan_deployment(dep, MODELS, rollout=rollout))[0]
+        [stable] = sdep["spec"]["predictors"]
+        assert (stable["name"], stable["traffic"]) == ("stable", 100)
+        assert env(stable)["MLSERVER_MODEL_URI"] == "s3://bucket/models/churn-model-2"
+        assert validate_upstream(sdep, schemas_dir) == []
 
     def test_shadow_mirrors_without_live_traffic(self) -> None:
         preds = predictors(SHADOW)
@@ -216,3 +266,90 @@ class TestCompileObjects:
     def test_experiment_compiles_to_a_workflow(self) -> None:
         exp = parse_object(yaml.safe_load((EXAMPLES / "churn" / "experiment.yaml").read_text()))
         assert [m["kind"] for m in compile_objects([exp])] == ["Workflow"]
+
+
+MONITORS = {
+    "monitors": [
+        {"name": "inputs", "method": "ks", "threshold": 0.1, "schedule": "*/15 * * * *",
+         "features": ["tenure"], "webhook": "https://hooks.example/T0/B0/x"},
+        {"name": "retrain", "action": "retrain",
+         "retrain": {"experiment": "churn", "dataUri": "s3://data/churn/fresh.parquet"}},
+    ]
+}  # fmt: skip
+
+
+class TestDriftMonitors:
+    def crons(self, spec: dict[str, Any] | None = None, **metadata: Any) -> list[dict[str, Any]]:
+        dep = deployment({**MONITORS, **(spec or {})}, **metadata)
+        return [m for m in compile_deployment(dep, MODELS) if m["kind"] == "CronWorkflow"]
+
+    def test_each_monitor_is_a_cron_workflow_on_its_schedule(self) -> None:
+        inputs, retrain = self.crons(namespace="ml")
+        assert inputs["metadata"]["name"] == "churn-inputs-drift"
+        assert inputs["metadata"]["namespace"] == "ml"
+        labels = inputs["metadata"]["labels"]
+        assert labels["aiml024.io/deployment"] == "churn"
+        assert labels["app.kubernetes.io/managed-by"] == "aiml024"
+        spec = inputs["spec"]
+        assert spec["schedules"] == ["*/15 * * * *"] and retrain["spec"]["schedules"] == [
+            "0 * * * *"
+        ]
+        assert spec["timezone"] == "UTC" and spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] > 0
+        assert spec["successfulJobsHistoryLimit"] and spec["failedJobsHistoryLimit"]
+        workflow = spec["workflowSpec"]
+        assert workflow["serviceAccountName"] == "aiml024-runtime"
+        (template,) = workflow["templates"]
+        assert workflow["entrypoint"] == template["name"]
+
+    def test_the_monitor_runs_against_the_stable_model_and_the_store(self) -> None:
+        options = CompileOptions(image="registry.example/aiml024:2", artifact_store="s3://store")
+        dep = deployment({**MONITORS, **CANARY}, namespace="ml")
+        (cron, _) = [
+            m for m in compile_deployment(dep, MODELS, options) if m["kind"] == "CronWorkflow"
+        ]
+        container = cron["spec"]["workflowSpec"]["templates"][0]["container"]
+        assert container["image"] == "registry.example/aiml024:2"
+        assert container["command"] == ["python", "-m", "aiml024.runtime.monitor"]
+        args = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
+        monitor = json.loads(args.pop("--monitor"))
+        assert monitor["name"] == "inputs" and monitor["features"] == ["tenure"]
+        assert args == {
+            "--deployment": "churn",
+            "--namespace": "ml",
+            "--model": "churn-model-v1",  # the stable one, not the canary
+            "--sha256": DIGEST,
+            "--model-uri": "s3://bucket/models/churn-model-v1",
+            "--root": "s3://store/ml/_serving/churn",
+        }
+
+    def test_the_plan_decides_which_model_is_stable(self) -> None:
+        dep = deployment(MONITORS)
+        plan = plan_deployment(dep, MODELS)
+        crons = [
+            m
+            for m in compile_monitoring(dep, deployment_labels(dep), plan)
+            if m["kind"] == "CronWorkflow"
+        ]
+        assert len(crons) == 2
+        assert compile_monitoring(dep, deployment_labels(dep))[2:] == []  # no plan, no monitors
+
+    def test_no_monitors_no_cron_workflows(self) -> None:
+        assert [m["kind"] for m in compile_deployment(deployment(), MODELS)] == [
+            "SeldonDeployment", "ServiceMonitor", "PrometheusRule",
+        ]  # fmt: skip
+
+    def test_long_names_are_shortened_for_argo(self) -> None:
+        (cron, _) = self.crons(name="a-very-long-deployment-name-that-keeps-going-and-going")
+        assert len(cron["metadata"]["name"]) <= 52 and cron["metadata"]["name"].endswith(
+            "-inputs-drift"
+        )
+
+    def test_compiled_cron_workflows_validate_upstream(self, schemas_dir: Any) -> None:
+        from tests.schema_validation import validate_upstream
+
+        for cron in self.crons(namespace="ml"):
+            assert validate_upstream(cron, schemas_dir) == []
+        broken = self.crons()[0]
+        broken["spec"]["schedule"] = "0 * * * *"  # the field Argo v4 dropped
+        assert any("'schedule' was unexpected" in p for p in validate_upstream(broken, schemas_dir))

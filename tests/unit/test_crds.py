@@ -18,7 +18,7 @@ from tests.schema_validation import (
     validate_against_crd,
 )
 
-from aiml024.api import KINDS, NAMES, Experiment, Model, parse_object
+from aiml024.api import KINDS, NAMES, Experiment, Model, SpecError, parse_object
 from aiml024.compiler import crds
 
 CRDS = REPO / "crds"
@@ -241,3 +241,48 @@ def test_generated_crd_refuses_bad_specs(path: tuple[str, ...], value: Any, expe
     node[path[-1]] = value
     problems = validate_against_crd(document, crd_path("Experiment"))
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ({"type": "ab"}, "strategy.ab is required for strategy.type ab"),
+        ({"type": "bluegreen"}, "strategy.blueGreen is required for strategy.type bluegreen"),
+        ({"type": "canary"}, "strategy.canary is required for strategy.type canary"),
+        (
+            {"type": "canary", "canary": {"model": "m", "steps": [{"weight": 50}, {"weight": 10}]}},
+            "canary.steps weights must ascend",
+        ),
+        (
+            {"type": "canary", "canary": {"model": "m", "steps": [{"weight": 10}, {"weight": 10}]}},
+            "canary.steps weights must ascend",
+        ),
+        ({"type": "ab", "ab": {"model": "m", "minSamples": 500, "maxSamples": 100}}, "minSamples"),
+        (
+            {"type": "canary", "canary": {"model": "m", "steps": [{"weight": 10}, {"weight": 50}]}},
+            None,
+        ),
+        ({"type": "bluegreen", "blueGreen": {"model": "m", "previewSeconds": 30}}, None),
+        ({"type": "ab", "ab": {"model": "m", "weight": 20}}, None),
+    ],
+)
+def test_strategy_rules_in_the_crd_say_what_the_api_says(
+    strategy: dict[str, Any], expected: str | None
+) -> None:
+    """The CRD's CEL rules (evaluated as the API server does) and the api agree."""
+    from tests.integration.emulator import cel
+
+    document = {
+        "apiVersion": "aiml024.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"model": "v1", "strategy": strategy},
+    }
+    found = [str(v) for v in cel.validate(schema("Deployment"), document)]
+    if expected is None:
+        assert found == []
+        parse_object(document)
+        return
+    assert len(found) == 1 and expected in found[0], found
+    with pytest.raises(SpecError, match=expected.split(" (")[0]):
+        parse_object(document)

@@ -48,7 +48,17 @@ from aiml024.local.manifests import load_manifests
 
 # --- the classification -----------------------------------------------------------------------
 
+_STEPS = "tests/unit/test_rollout.py::test_canary_walks_its_steps_with_the_slo_met_and_is_promoted"
+_AB = "tests/unit/test_rollout.py::test_ab_keeps_the_split_and_follows_the_test"
+_BLUEGREEN = "tests/unit/test_rollout.py::test_bluegreen_previews_then_switches_then_promotes"
+_RETRAIN_STEPS = (
+    "tests/unit/test_rollout.py::test_a_retrain_rolls_out_as_a_canary_through_the_monitors_steps"
+)
 # Spec path -> the test that exercises it ("file::test" or "file::Class::test").
+_CRON = (
+    "tests/unit/test_compiler_seldon.py::TestDriftMonitors::"
+    "test_each_monitor_is_a_cron_workflow_on_its_schedule"
+)
 EXERCISED: dict[str, dict[str, str]] = {
     "Experiment": {
         "spec.task": "tests/unit/test_search.py::test_regression_minimizes_rmse",
@@ -212,6 +222,24 @@ EXERCISED: dict[str, dict[str, str]] = {
             "tests/unit/test_compiler_seldon.py::TestSeldonDeployment::"
             "test_shadow_mirrors_without_live_traffic"
         ),
+        # Rollouts (aiml024.reconcile.rollout).
+        "spec.strategy.canary.steps": _STEPS,
+        "spec.strategy.canary.steps[].weight": _STEPS,
+        "spec.strategy.canary.steps[].pauseSeconds": _STEPS,
+        "spec.strategy.ab.model": _AB,
+        "spec.strategy.ab.weight": _AB,
+        "spec.strategy.ab.promote": _AB,
+        "spec.strategy.ab.alpha": (
+            "tests/unit/test_rollout.py::"
+            "test_peeking_after_every_20_outcomes_keeps_false_positives_within_alpha"
+        ),
+        "spec.strategy.ab.minSamples": "tests/unit/test_rollout.py::test_no_difference_at_max_samples",
+        "spec.strategy.ab.maxSamples": "tests/unit/test_rollout.py::test_no_difference_at_max_samples",
+        "spec.strategy.blueGreen.model": _BLUEGREEN,
+        "spec.strategy.blueGreen.previewSeconds": _BLUEGREEN,
+        "spec.monitors[].retrain.steps": _RETRAIN_STEPS,
+        "spec.monitors[].retrain.steps[].weight": _RETRAIN_STEPS,
+        "spec.monitors[].retrain.steps[].pauseSeconds": _RETRAIN_STEPS,
         "spec.replicas": (
             "tests/unit/test_compiler_seldon.py::TestSeldonDeployment::"
             "test_fixed_replicas_without_autoscaling"
@@ -233,6 +261,30 @@ EXERCISED: dict[str, dict[str, str]] = {
             "test_no_rollback_without_canary_traffic_or_when_disabled"
         ),
         "spec.requireStage": "tests/unit/test_policy_deployment.py::test_any_stage_only_in_development",
+        # Drift monitors (the rollout of a retrained Model, retrain.steps, is the rollout's).
+        "spec.monitors[].name": _CRON,
+        "spec.monitors[].type": _CRON,
+        "spec.monitors[].schedule": _CRON,
+        "spec.monitors[].method": (
+            "tests/unit/test_drift.py::test_a_shifted_distribution_drifts_under_every_method"
+        ),
+        "spec.monitors[].threshold": (
+            "tests/unit/test_drift.py::test_a_shifted_distribution_drifts_under_every_method"
+        ),
+        "spec.monitors[].minRows": "tests/unit/test_drift.py::test_too_few_rows_give_no_verdict",
+        "spec.monitors[].features": "tests/unit/test_drift.py::test_watched_features_only",
+        "spec.monitors[].webhook": (
+            "tests/unit/test_drift.py::test_the_entry_point_writes_the_report_and_alerts"
+        ),
+        "spec.monitors[].action": (
+            "tests/unit/test_retrain.py::test_no_retrain_without_drift_or_verdict_or_action"
+        ),
+        "spec.monitors[].retrain.experiment": (
+            "tests/unit/test_retrain.py::test_a_drifted_report_patches_the_data_uri"
+        ),
+        "spec.monitors[].retrain.dataUri": (
+            "tests/unit/test_retrain.py::test_a_drifted_report_patches_the_data_uri"
+        ),
     },
 }
 
@@ -274,9 +326,12 @@ IMPLEMENTED_VALUES: dict[str, dict[str, set[str]]] = {
         "spec.stage": {"none", "staging", "production", "archived"},
     },
     "Deployment": {
-        # ab is the same weighted split as canary (the canary's SLO rollback included).
-        "spec.strategy.type": {"single", "canary", "shadow", "ab"},
+        # canary, ab and bluegreen roll out (aiml024.reconcile.rollout).
+        "spec.strategy.type": {"single", "canary", "shadow", "ab", "bluegreen"},
         "spec.requireStage": {"staging", "production", "any"},
+        "spec.monitors[].type": {"drift"},
+        "spec.monitors[].method": {"psi", "ks", "chi2"},
+        "spec.monitors[].action": {"alert", "retrain"},
     },
 }
 
@@ -339,18 +394,18 @@ STATUS_WRITTEN: dict[str, dict[str, str]] = {
         "status.endpoint": _RECONCILE_DEPLOYMENT,
         "status.traffic": _RECONCILE_DEPLOYMENT,
         "status.models": _RECONCILE_DEPLOYMENT,
-        "status.sloState": "src/aiml024/operator/slo.py",
-        "status.lastRollback": "src/aiml024/operator/slo.py",
+        "status.sloState": "src/aiml024/reconcile/slo.py",
+        "status.lastRollback": "src/aiml024/reconcile/slo.py",
+        "status.rollout": "src/aiml024/reconcile/rollout.py",
+        "status.drift": "src/aiml024/operator/monitors.py",
+        "status.monitors": "src/aiml024/operator/monitors.py",
     },
 }
 # Status fields nothing writes yet (the schema keeps them for the features that will).
 STATUS_UNWRITTEN: dict[str, dict[str, str]] = {
     "Experiment": {},
-    "Model": {
-    },
-    "Deployment": {
-        "status.drift": "no drift score is computed; reconcile only carries the previous value",
-    },
+    "Model": {},
+    "Deployment": {},
 }
 
 HOW_TO_CLASSIFY = (
@@ -545,13 +600,7 @@ SAMPLES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "Model": {},
     "Deployment": {
-        "spec.strategy.canary.steps": {
-            "strategy": {"type": "canary", "canary": {"model": "churn-model-v2", "steps": [10, 50]}}
-        },
-        "spec.monitors": {"monitors": [{"type": "drift", "method": "ks", "threshold": 0.1}]},
         "spec.monitors[].type=performance": {"monitors": [{"type": "performance"}]},
-        "spec.monitors[].schedule": {"monitors": [{"schedule": "*/5 * * * *"}]},
-        "spec.monitors[].action=retrain": {"monitors": [{"action": "retrain"}]},
     },
 }
 SERVED = {
@@ -619,12 +668,11 @@ def test_each_refused_field_is_its_own_line() -> None:
 
 
 def test_every_monitor_is_named_by_its_index() -> None:
-    doc = document("Deployment", {"monitors": [{}, {"action": "retrain"}]})
+    doc = document(
+        "Deployment", {"monitors": [{"name": "a"}, {"name": "b", "type": "performance"}]}
+    )
     problems = [p.split(" (")[0] for p in unsupported(Deployment.model_validate(doc))]
-    assert problems == [
-        "not supported yet: spec.monitors",
-        "not supported yet: spec.monitors[1].action=retrain",
-    ]
+    assert problems == ["not supported yet: spec.monitors[1].type=performance"]
 
 
 def test_defaults_and_other_values_are_not_refused() -> None:
@@ -653,15 +701,20 @@ def test_defaults_and_other_values_are_not_refused() -> None:
 def test_an_update_refuses_only_what_it_adds() -> None:
     """As the API server ratchets CRD rules: an object stored before a field was refused can
     still be patched (its metadata, a fix of another field) without removing it first."""
-    before = Deployment.model_validate(document("Deployment", {"monitors": [{}]}))
+    before = Deployment.model_validate(
+        document("Deployment", {"monitors": [{"type": "performance"}]})
+    )
     same = before.model_copy(update={"metadata": before.metadata.model_copy()})
     same.metadata.labels = {"team": "x"}
     assert unsupported(same, before=before) == []
     worse = Deployment.model_validate(
-        document("Deployment", {"monitors": [{"schedule": "@daily"}]})
+        document(
+            "Deployment",
+            {"monitors": [{"type": "performance"}, {"name": "b", "type": "performance"}]},
+        )
     )
     assert [p.split(" (")[0] for p in unsupported(worse, before=before)] == [
-        "not supported yet: spec.monitors[0].schedule"
+        "not supported yet: spec.monitors[1].type=performance"
     ]
     assert unsupported(before, before=None) != []
 
@@ -671,13 +724,18 @@ def test_the_cli_prints_one_error_line_per_refused_field(tmp_path: Path) -> None
 
     manifest = tmp_path / "dep.yaml"
     manifest.write_text(
-        yaml.safe_dump(document("Deployment", {"monitors": [{"schedule": "@daily"}]}))
+        yaml.safe_dump(
+            document(
+                "Deployment",
+                {"monitors": [{"type": "performance"}, {"name": "b", "type": "performance"}]},
+            )
+        )
     )
     result = CliRunner().invoke(app, ["compile", "-f", str(manifest)])
     assert result.exit_code == 1
     output = result.output
-    assert f"{manifest}: not supported yet: spec.monitors (" in output
-    assert f"{manifest}: not supported yet: spec.monitors[0].schedule (" in output
+    assert f"{manifest}: not supported yet: spec.monitors[0].type=performance (" in output
+    assert f"{manifest}: not supported yet: spec.monitors[1].type=performance (" in output
 
 
 @pytest.mark.parametrize(("kind", "key"), REFUSALS, ids=[k for _, k in REFUSALS])

@@ -9,8 +9,9 @@ may serve) and consumed as it is:
   the plan back from its model settings (`RuntimeSettings`) to split and shadow traffic;
 - by the operator: the Deployment's status (traffic, digests) and the SLO rollback.
 
-Rollback is an input to the plan, not an edit of a compiled document: `weight_of` is the one
-place that says what a rolled-back split is.
+Rollback and the rollout (`DeploymentStatus.rollout`, decided by aiml024.reconcile.rollout) are
+inputs to the plan, not edits of a compiled document: `planned_routes` says which Models a
+rollout serves in which role and at what weight, and `weight_of` what a rolled-back split is.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
-from .deployment import Deployment, Route
+from .deployment import Deployment, RolloutStatus, Route
 
 # The MLServer implementation every predictor runs (aiml024.runtime.serving.Aiml024Runtime);
 # named, never imported, so the compiler and the local control plane need no ML stack.
@@ -93,6 +94,33 @@ class PredictorPlan:
         return ", ".join(f"{p.model.name} ({p.role}, {p.weight}%)" for p in self.predictors)
 
 
+# Phases in which the candidate takes no live traffic (it keeps running at 0 %).
+_CANDIDATE_OFF = ("RolledBack", "Concluded")
+
+
+def planned_routes(dep: Deployment, rollout: RolloutStatus | None = None) -> list[Route]:
+    """The routes the plan serves: the spec's (`DeploymentSpec.routes()`) without a rollout;
+    with one, its stable Model (`rollout.stable`, else spec.model) and the candidate as `canary` at `rollout.weight` (the
+    stable gets the rest; RolledBack and Concluded: 0), the candidate left out while it
+    WaitsForApproval, and once Promoted the candidate alone, in role `stable` (it owns the
+    product route). The spec's shadow keeps its copy throughout."""
+    routes = dep.spec.routes()
+    if rollout is None:
+        return routes
+    shadows = [r for r in routes if r.role == "shadow"]
+    stable = rollout.stable or dep.spec.model
+    if rollout.phase == "Promoted":
+        return [Route("stable", rollout.candidate, 100), *shadows]
+    if rollout.phase == "WaitingForApproval":
+        return [Route("stable", stable, 100), *shadows]
+    weight = 0 if rollout.phase in _CANDIDATE_OFF else max(0, min(100, rollout.weight))
+    return [
+        Route("stable", stable, 100 - weight),
+        Route("canary", rollout.candidate, weight),
+        *shadows,
+    ]
+
+
 def weight_of(route: Route, rolled_back: bool = False) -> int:
     """The percent of live traffic `route` gets: what the spec asks, or, once this generation's
     canary was rolled back, everything on stable (the canary keeps running at 0 %). A shadow
@@ -104,18 +132,28 @@ def weight_of(route: Route, rolled_back: bool = False) -> int:
     return route.weight
 
 
-def traffic(dep: Deployment, rolled_back: bool = False) -> dict[str, int]:
+def traffic(
+    dep: Deployment, rolled_back: bool = False, rollout: RolloutStatus | None = None
+) -> dict[str, int]:
     """Role -> percent of live traffic for `dep`: the plan's split without its Models."""
-    return {r.role: weight_of(r, rolled_back) for r in dep.spec.routes() if r.weight is not None}
+    return {
+        r.role: weight_of(r, rolled_back)
+        for r in planned_routes(dep, rollout)
+        if r.weight is not None
+    }
 
 
 def plan_deployment(
-    dep: Deployment, models: Mapping[str, ServedModel], rolled_back: bool = False
+    dep: Deployment,
+    models: Mapping[str, ServedModel],
+    rolled_back: bool = False,
+    rollout: RolloutStatus | None = None,
 ) -> PredictorPlan:
-    """The plan for `dep`, serving `models[name]` for each Model its routes name (MissingModel
-    when one is absent). Whether those Models may serve is the caller's decision."""
+    """The plan for `dep` (and its `rollout`, see planned_routes), serving `models[name]` for
+    each Model its routes name (MissingModel when one is absent). Whether those Models may
+    serve is the caller's decision."""
     predictors = []
-    for route in dep.spec.routes():
+    for route in planned_routes(dep, rollout):
         model = models.get(route.model)
         if model is None:
             raise MissingModel(f"model {route.model!r} (predictor {route.role}) is not registered")
@@ -127,6 +165,7 @@ def plan_deployment(
                 shadow=route.weight is None,
             )
         )
+    rolled_back = rolled_back or (rollout is not None and rollout.phase == "RolledBack")
     return PredictorPlan(dep.metadata.name, tuple(predictors), rolled_back)
 
 
@@ -134,6 +173,13 @@ def plan_deployment(
 # environment (the compiler writes it), not the model settings.
 SHA256_ENV = "AIML024_MODEL_SHA256"
 DEPLOYMENT_ENV = "AIML024_DEPLOYMENT"
+REQUEST_LOG_ENV = "AIML024_REQUEST_LOG"
+
+
+def request_log_root(store_uri: str, namespace: str, deployment: str) -> str:
+    """Where a Deployment's served requests, feedback and drift reports live (a URI root, see
+    aiml024.runtime.requestlog): one place for both control planes to compute it."""
+    return f"{store_uri.rstrip('/')}/{namespace}/_serving/{deployment}/"
 
 
 @dataclass(frozen=True)
@@ -145,12 +191,14 @@ class RuntimeSettings:
     share one MLServer (the local model server): the runtime splits the route over the plan's
     live predictors by weight and copies it to its shadows. In a cluster each Seldon predictor
     serves one model and Seldon splits traffic: no plan, and the digest and the route come from
-    the container's environment ($AIML024_MODEL_SHA256, $AIML024_DEPLOYMENT).
+    the container's environment ($AIML024_MODEL_SHA256, $AIML024_DEPLOYMENT). `request_log`:
+    the URI root of the request/response log (`request_log_root`; $AIML024_REQUEST_LOG).
     """
 
     sha256: str | None = None
     deployment: str | None = None
     plan: PredictorPlan | None = None
+    request_log: str | None = None
 
     def __post_init__(self) -> None:
         if self.plan is not None and self.deployment != self.plan.deployment:
@@ -175,6 +223,7 @@ class RuntimeSettings:
             settings,
             sha256=settings.sha256 or environ.get(SHA256_ENV) or None,
             deployment=settings.deployment or environ.get(DEPLOYMENT_ENV) or None,
+            request_log=settings.request_log or environ.get(REQUEST_LOG_ENV) or None,
         )
 
 

@@ -50,15 +50,9 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     },
     "Model": {},
     "Deployment": {
-        "spec.strategy.canary.steps": (
-            "the canary keeps strategy.canary.weight until the spec changes; set weight instead"
+        "spec.monitors[].type=performance": (
+            "no performance monitor is compiled; drift monitors are (type drift)"
         ),
-        "spec.monitors": (
-            "nothing computes or emits aiml024_drift_score, so a monitor's alert could never fire"
-        ),
-        "spec.monitors[].type=performance": "no performance monitor is compiled",
-        "spec.monitors[].schedule": "no monitor runs on a schedule",
-        "spec.monitors[].action=retrain": "nothing retrains on an alert",
     },
 }
 

@@ -17,8 +17,9 @@ from ..api import SpecError, kind_for
 from ..compiler import CompileError, compile_objects
 from ..local.manifests import load_manifests
 from ..local.store import NotFound, StoreBusy, state_home
-from . import lineage, verify, views
+from . import lineage, score, verify, views
 from .audit import app as audit_app
+from .controller import controller_app, monitor_app
 from .keys import app as keys_app
 from .policy import app as policy_app
 
@@ -32,6 +33,10 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys", help="Your signing keys for approvals.")
 app.add_typer(policy_app, name="policy", help="Test, evaluate, pin and verify the policy set.")
 app.add_typer(audit_app, name="audit", help="Verify and print the audit log of decisions.")
+app.add_typer(
+    controller_app, name="controller", help="The background loop: rollouts, monitors, retraining."
+)
+app.add_typer(monitor_app, name="monitor", help="Run drift monitors now.")
 # Like kubectl, never fold table rows when the output goes to a pipe or a file.
 console = Console(width=None if sys.stdout.isatty() else 400)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
@@ -271,6 +276,7 @@ def version() -> None:
 # Commands in their own modules.
 app.command()(verify.verify)
 app.command()(lineage.lineage)
+app.command()(score.score)
 
 if __name__ == "__main__":
     app()

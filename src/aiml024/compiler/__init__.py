@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from aiml024.api import AnyObject, Deployment, Experiment, Model, unsupported
 
-from . import seldon, workflow
+from . import batch, seldon, workflow
 from .options import VERSION, CompileError, CompileOptions
 from .seldon import ServedModel
 
@@ -41,6 +41,7 @@ def _refusing_unsupported(compile_fn: Callable[P, R]) -> Callable[P, R]:
 compile_experiment = _refusing_unsupported(workflow.compile_experiment)
 cluster_data_problem = workflow.cluster_data_problem
 compile_deployment = _refusing_unsupported(seldon.compile_deployment)
+compile_batch_scoring = _refusing_unsupported(batch.compile_batch_scoring)
 
 
 def served_model(model: Model) -> ServedModel | None:
@@ -102,6 +103,7 @@ __all__ = [
     "CompileOptions",
     "ServedModel",
     "cluster_data_problem",
+    "compile_batch_scoring",
     "compile_deployment",
     "compile_experiment",
     "compile_objects",

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from aiml024.api import GROUP, KINDS, NAMES, VERSION
-from aiml024.api.deployment import Autoscaling
+from aiml024.api.deployment import AbTest, Autoscaling
 from aiml024.api.experiment import CLASSIFICATION_OBJECTIVES, REGRESSION_OBJECTIVES
 
 Schema = dict[str, Any]
@@ -84,12 +84,28 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "Strategy": [
         _rule(
-            "!has(self.type) || !(self.type in ['canary', 'ab']) || has(self.canary)",
-            "strategy.canary is required for strategy.type canary and ab",
-        ),
+            f"!has(self.type) || self.type != '{kind}' || has(self.{field})",
+            f"strategy.{field} is required for strategy.type {kind}",
+        )
+        for kind, field in (
+            ("canary", "canary"),
+            ("shadow", "shadow"),
+            ("ab", "ab"),
+            ("bluegreen", "blueGreen"),
+        )
+    ],
+    "Canary": [
         _rule(
-            "!has(self.type) || self.type != 'shadow' || has(self.shadow)",
-            "strategy.shadow is required for strategy.type shadow",
+            "!has(self.steps) || (self.steps.map(s, s.weight).isSorted() && "
+            "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)))",
+            "canary.steps weights must ascend (each above the one before)",
+        ),
+    ],
+    "AbTest": [
+        _rule(
+            f"{_default_or(AbTest, 'min_samples', 'minSamples')} <= "
+            f"{_default_or(AbTest, 'max_samples', 'maxSamples')}",
+            "ab.minSamples must not exceed ab.maxSamples",
         ),
     ],
     "Autoscaling": [
@@ -135,6 +151,8 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
         {"name": "SLO", "type": "string", "jsonPath": ".status.sloState", "priority": 1},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1},
+        {"name": "Weight", "type": "integer", "jsonPath": ".status.rollout.weight", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

@@ -4,7 +4,13 @@ Series used (Seldon Core v1's executor exports the first; aiml024's runtime the 
 - `seldon_api_executor_server_requests_seconds_{bucket,count}` with `deployment_name`,
   `predictor_name` and `code` labels: the latency and error-rate SLOs, per predictor so a
   breached canary can be rolled back alone.
-- `aiml024_drift_score{deployment, method}`: one series per drift monitor.
+- `aiml024_drift_score{deployment, method, feature}`: the newest drift report's scores, which
+  the model servers export from `drift/latest.json`.
+
+Each drift monitor also becomes an Argo CronWorkflow (`argoproj.io/v1alpha1`) that runs
+`python -m aiml024.runtime.monitor` on the monitor's schedule (UTC) against the stable
+predictor's Model (its artifact URI and digest from the predictor plan) and the Deployment's
+`api.monitoring.monitor_root` in the artifact store (docs/CONTRACTS.md, "Drift monitors").
 """
 
 from __future__ import annotations
@@ -12,11 +18,23 @@ from __future__ import annotations
 from typing import Any
 
 from aiml024.api import Deployment
+from aiml024.api.common import DEFAULT_NAMESPACE
+from aiml024.api.deployment import Monitor
+from aiml024.api.monitoring import monitor_root
+from aiml024.api.plan import PredictorPlan
+
+from .options import CompileOptions, canonical_json, child_name
 
 SERVER_METRIC = "seldon_api_executor_server_requests_seconds"
 DRIFT_METRIC = "aiml024_drift_score"
 WINDOW = "5m"
 FOR = "5m"
+MONITOR_COMMAND = ["python", "-m", "aiml024.runtime.monitor"]
+# CronWorkflow names leave room for the timestamp suffix Argo gives each run's Workflow.
+CRON_NAME_LIMIT = 52
+# A run missed by more than this (controller down) is skipped, not made up for.
+STARTING_DEADLINE_SECONDS = 300
+MONITOR_DEADLINE_SECONDS = 1800
 
 
 def _number(value: float) -> str:
@@ -128,5 +146,80 @@ def prometheus_rule(dep: Deployment, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def compile_monitoring(dep: Deployment, labels: dict[str, str]) -> list[dict[str, Any]]:
-    return [service_monitor(dep, labels), prometheus_rule(dep, labels)]
+def cron_workflow_name(dep: Deployment, monitor: Monitor) -> str:
+    return child_name(dep.metadata.name, f"-{monitor.name}-drift", CRON_NAME_LIMIT)
+
+
+def drift_cron_workflow(
+    dep: Deployment,
+    monitor: Monitor,
+    labels: dict[str, str],
+    plan: PredictorPlan,
+    options: CompileOptions,
+) -> dict[str, Any]:
+    """The CronWorkflow that runs one drift monitor against the plan's stable Model."""
+    namespace = dep.metadata.namespace or DEFAULT_NAMESPACE
+    stable = plan.stable.model
+    args = {
+        "deployment": dep.metadata.name,
+        "namespace": namespace,
+        "monitor": canonical_json(monitor.wire()),
+        "model": stable.name,
+        "sha256": stable.sha256 or "",
+        "model-uri": stable.artifact_uri,
+        "root": monitor_root(options.artifact_store, namespace, dep.metadata.name),
+    }
+    container: dict[str, Any] = {"image": options.image}
+    if options.image_pull_policy:
+        container["imagePullPolicy"] = options.image_pull_policy
+    container |= {
+        "command": list(MONITOR_COMMAND),
+        "args": [item for key, value in args.items() for item in (f"--{key}", value)],
+        "resources": {
+            "requests": {"cpu": "250m", "memory": options.serving_memory},
+            "limits": {"memory": options.serving_memory},
+        },
+    }
+    pod_labels = {**labels, "aiml024.io/monitor": monitor.name}
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "CronWorkflow",
+        "metadata": _metadata(dep, cron_workflow_name(dep, monitor), pod_labels),
+        "spec": {
+            # `schedules` (Argo >= 3.6; v4 dropped the single `schedule`).
+            "schedules": [monitor.schedule],
+            "timezone": "UTC",
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "workflowMetadata": {"labels": dict(pod_labels)},
+            "workflowSpec": {
+                "entrypoint": "monitor",
+                "serviceAccountName": options.service_account,
+                "podMetadata": {"labels": dict(pod_labels)},
+                "podGC": {"strategy": "OnPodSuccess"},
+                "activeDeadlineSeconds": MONITOR_DEADLINE_SECONDS,
+                "templates": [{"name": "monitor", "container": container}],
+            },
+        },
+    }
+
+
+def compile_monitoring(
+    dep: Deployment,
+    labels: dict[str, str],
+    plan: PredictorPlan | None = None,
+    options: CompileOptions | None = None,
+) -> list[dict[str, Any]]:
+    """ServiceMonitor, PrometheusRule, then one CronWorkflow per drift monitor (given the
+    predictor plan whose stable Model the monitors compare with)."""
+    out = [service_monitor(dep, labels), prometheus_rule(dep, labels)]
+    if plan is not None:
+        options = options or CompileOptions()
+        out += [
+            drift_cron_workflow(dep, monitor, labels, plan, options)
+            for monitor in dep.spec.monitors
+            if monitor.type == "drift"
+        ]
+    return out

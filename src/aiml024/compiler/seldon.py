@@ -1,8 +1,9 @@
 """Deployment -> SeldonDeployment (`machinelearning.seldon.io/v1`, protocol v2) + monitoring.
 
 The compiler serves a predictor plan (aiml024.api.plan.PredictorPlan): each planned predictor
-becomes one Seldon predictor (`stable`, and `canary` or `shadow` when the strategy says), with
-the plan's weight as its traffic, whose single graph node is an MLServer container running
+becomes one Seldon predictor (`stable`, and `canary` or `shadow` when the strategy or a
+rollout says: an A/B test's B, a blue/green's green at traffic 0 until the switch, a promoted
+candidate alone as `stable`), with the plan's weight as its traffic, whose single graph node is an MLServer container running
 aiml024's own runtime class (no Seldon `implementation`). The runtime fetches the bundle from
 `MLSERVER_MODEL_URI` with fsspec and checks it against `AIML024_MODEL_SHA256`, so local serving
 and the cluster share one download path and no Seldon storage initializer (and its rclone
@@ -153,7 +154,8 @@ def compile_deployment(
     served: PredictorPlan | Mapping[str, ServedModel],
     options: CompileOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """SeldonDeployment, ServiceMonitor and PrometheusRule for `dep`, in that order.
+    """SeldonDeployment, ServiceMonitor, PrometheusRule and one CronWorkflow per drift monitor
+    for `dep`, in that order.
 
     `served` is the plan to serve (the control planes pass the one they made, rollback
     included), or what each Model the strategy names serves, planned here as the spec asks
@@ -161,7 +163,8 @@ def compile_deployment(
     registration instead of serving nothing).
     """
     options = options or CompileOptions()
+    plan = plan_of(dep, served)
     return [
-        compile_seldon_deployment(dep, served, options),
-        *compile_monitoring(dep, deployment_labels(dep)),
+        compile_seldon_deployment(dep, plan, options),
+        *compile_monitoring(dep, deployment_labels(dep), plan, options),
     ]

@@ -26,10 +26,12 @@ from ..api.common import (
     DEFAULT_NAMESPACE,
     EXPERIMENT_LABEL,
 )
+from ..api.deployment import RolloutStatus
 from ..api.model import Approval
 from ..compiler import CompileError, compile_experiment
 from ..files import write_atomic
 from ..policy import (
+    GateResult,
     counted_break_glass,
     default_policy_dir,
     deployment_input,
@@ -41,6 +43,8 @@ from ..reconcile import break_glass as break_glass_rules
 from ..reconcile import deployment as deployment_rules
 from ..reconcile import experiment as experiment_rules
 from ..reconcile import model as model_rules
+from ..reconcile import rollout as rollout_rules
+from ..reconcile import slo as slo_rules
 from ..reconcile.clock import now as _now
 from ..signing import (
     ApproverRegistry,
@@ -53,9 +57,10 @@ from ..signing import (
     sign_approval,
     verify,
 )
+from . import controller, watch
 from . import server as model_server
 from .executor import LocalExecutor, WorkflowRun
-from .store import Store
+from .store import CONTROLLER_OWNER, Store
 
 
 # Who is acting: there is no authentication on one machine, so the OS login is the identity
@@ -390,58 +395,105 @@ class LocalControlPlane:
     # -- deployments ----------------------------------------------------------------------------
 
     def reconcile_deployment(self, name: str, progress: Progress) -> str:
+        """Serve the Deployment's plan (its rollout included) and record it; start the
+        background controller when the Deployment needs watching."""
+        url = self.serve(name, say=progress.message, force=False)
+        dep = Deployment.model_validate(self.store.get("Deployment", name))
+        if watch.needs_watching(dep):
+            controller.start_controller(self.home)
+        return url
+
+    def serve(
+        self, name: str, say: Callable[[str], None] = lambda _t: None, force: bool = False
+    ) -> str:
+        """Make the model server serve what the plan asks for now (this generation's rollout,
+        its rollback), restarting it only when that differs from what it serves."""
         dep = Deployment.model_validate(self.store.get("Deployment", name))
         models = {m["metadata"]["name"]: Model.model_validate(m) for m in self.store.list("Model")}
+        experiments = {
+            e["metadata"]["name"]: Experiment.model_validate(e)
+            for e in self.store.list("Experiment")
+        }
+        previous = dep.status.rollout if dep.status else None
+        candidate = rollout_rules.retrain_candidate(dep, experiments)
+        rollout = rollout_rules.rollout_for(dep, models, previous, _now(), candidate)
         try:
-            plan = deployment_rules.plan_predictors(dep, models)
-            # One machine has no Namespace objects, so no namespace is labelled an environment.
-            routed = deployment_rules.routed_models(dep, models)
-            gate = evaluate_deployment(deployment_input(dep, routed, {}), self.policy_dir)
+            plan = deployment_rules.plan_predictors(
+                dep, models, rolled_back=slo_rules.rolled_back(dep), rollout=rollout
+            )
+            gate = self.deployment_gate(dep, models, rollout)
             if gate.decision != "allow":
                 raise deployment_rules.NotServable(
                     "the deployment policy refuses it: " + "; ".join(gate.violations)
                 )
         except deployment_rules.NotServable as waiting:
-            status = deployment_rules.deployment_status(dep, None, None, _now(), str(waiting))
-            self._set_status(dep, status.wire())
+            status = deployment_rules.deployment_status(
+                dep, None, None, _now(), str(waiting), rollout
+            )
+            self.set_status(dep, status)
             self.store.record_event(dep.wire(), "Warning", "WaitingForModel", str(waiting))
             raise ApplyError(f"deployment {name}: {waiting}") from None
 
-        server_file = self.home / "servers" / f"{name}.json"
-        info = (
-            model_server.ServerInfo.model_validate_json(server_file.read_text())
-            if server_file.exists()
-            else None
-        )
-        if (
-            info
+        info = self.server_info(name)
+        serving = (
+            info is not None
             and model_server.server_alive(info)
-            and dep.status
-            and dep.status.models == plan.digests()
-            and dep.status.traffic == plan.traffic()
-        ):
-            progress.message(f"deployment {name} is already serving at {info.url}")
+            and info.digests == plan.digests()
+            and info.traffic == plan.traffic()
+            and dep.status is not None
+            and dep.status.phase == "Serving"
+        )
+        if serving and not force:
+            assert info is not None
+            status = deployment_rules.deployment_status(dep, plan, info.url, _now(), None, rollout)
+            if dep.status != status:
+                self.set_status(dep, status)
+            say(f"deployment {name} is already serving at {info.url}")
             return info.url
         if info:
             model_server.stop_server(info)
-        progress.message(f"starting MLServer for deployment {name}")
+        say(f"starting MLServer for deployment {name}: {plan.describe()}")
         for predictor in plan:
             self._check_local(predictor.model.artifact_uri)
         try:
-            info = model_server.start_server(plan, self.home / "servers" / name)
+            info = model_server.start_server(
+                plan,
+                self.home / "servers" / name,
+                # The same port again: the Deployment's endpoint outlives a restart.
+                http_port=info.http_port if info else None,
+                request_log=watch.log_root(self, name),
+            )
         except Exception as error:
             status = deployment_rules.deployment_status(
-                dep, None, None, _now(), f"server failed: {error}"
+                dep, None, None, _now(), f"server failed: {error}", rollout
             )
-            self._set_status(dep, status.wire())
+            self.set_status(dep, status)
             raise ApplyError(
                 f"deployment {name}: the model server did not start: {error}"
             ) from None
-        write_atomic(server_file, info.model_dump_json(indent=2))
-        status = deployment_rules.deployment_status(dep, plan, info.url, _now())
-        self._set_status(dep, status.wire())
-        self.store.record_event(dep.wire(), "Normal", "Serving", f"serving at {info.url}")
+        write_atomic(self._server_file(name), info.model_dump_json(indent=2))
+        status = deployment_rules.deployment_status(dep, plan, info.url, _now(), None, rollout)
+        self.set_status(dep, status)
+        self.store.record_event(dep.wire(), "Normal", "Serving", f"serving {plan.describe()}")
         return info.url
+
+    def deployment_gate(
+        self, dep: Deployment, models: dict[str, Model], rollout: RolloutStatus | None
+    ) -> GateResult:
+        """The deployment policy on what the plan serves while `rollout` runs. One machine has
+        no Namespace objects, so no namespace is labelled an environment."""
+        subject = deployment_rules.policy_subject(dep, rollout)
+        routed = deployment_rules.routed_models(dep, models, rollout)
+        return evaluate_deployment(deployment_input(subject, routed, {}), self.policy_dir)
+
+    def server_info(self, name: str) -> model_server.ServerInfo | None:
+        path = self._server_file(name)
+        if not path.exists():
+            return None
+        return model_server.ServerInfo.model_validate_json(path.read_text())
+
+    def _server_file(self, name: str) -> Path:
+        return self.home / "servers" / f"{name}.json"
 
     def _check_local(self, artifact_uri: str) -> None:
         if not artifact_uri.startswith("file://"):
@@ -449,17 +501,57 @@ class LocalControlPlane:
                 f"the local control plane serves file:// artifacts, not {artifact_uri}"
             )
 
+    # -- between applies: the background controller's work ---------------------------------------
+
+    @property
+    def user(self) -> str:
+        return current_user()
+
+    def tick(self, now: Any = None, say: Callable[[str], None] = lambda _t: None) -> bool:
+        """One look at every Deployment (rollouts, due monitors, retraining), as the operator's
+        timers do; True while some Deployment still needs watching. Skips, returning True,
+        while a user's command holds the store."""
+        with self.store.exclusive(f"{CONTROLLER_OWNER} tick", wait_for_controller=False):
+            needed = False
+            for manifest in self.store.list("Deployment"):
+                name = manifest["metadata"]["name"]
+                try:
+                    watch.watch(self, name, now or _now(), say=say)
+                except ApplyError as error:
+                    say(str(error))
+                dep = Deployment.model_validate(self.store.get("Deployment", name))
+                needed = needed or watch.needs_watching(dep)
+            return needed
+
+    def run_monitors(
+        self, name: str, now: Any = None, say: Callable[[str], None] = lambda _t: None
+    ) -> watch.WatchReport:
+        """Run every monitor of Deployment `name` now, whatever its schedule, then look at its
+        rollout (`aiml024 monitor run`)."""
+        with self.store.exclusive(f"aiml024 monitor run deployment/{name}"):
+            dep = Deployment.model_validate(self.store.get("Deployment", name))
+            if not dep.spec.monitors:
+                raise ApplyError(f"deployment {name} has no monitors")
+            return watch.watch(self, name, now or _now(), force_monitors=True, say=say)
+
+    def retrain(self, experiment: str, say: Callable[[str], None]) -> None:
+        """Train the Experiment's new generation (a monitor's retrain) and gate its Model."""
+        try:
+            model = self.reconcile_experiment(experiment, Progress(message=say))
+        except ApplyError as error:
+            say(f"retraining failed: {error}")
+            return
+        say(f"retrained experiment {experiment}: registered model {model}")
+
     # -- delete ---------------------------------------------------------------------------------
 
     def delete(self, kind: str, name: str) -> bool:
         with self.store.exclusive(f"aiml024 delete {kind.lower()}/{name}"):
             if kind == "Deployment":
-                server_file = self.home / "servers" / f"{name}.json"
-                if server_file.exists():
-                    model_server.stop_server(
-                        model_server.ServerInfo.model_validate_json(server_file.read_text())
-                    )
-                    server_file.unlink()
+                info = self.server_info(name)
+                if info is not None:
+                    model_server.stop_server(info)
+                    self._server_file(name).unlink()
             if kind == "Experiment":
                 # As garbage collection does for owned Workflows; Models outlive their Experiment.
                 for workflow in self.store.list("Workflow"):
@@ -468,7 +560,18 @@ class LocalControlPlane:
                         wf_name = workflow["metadata"]["name"]
                         self.store.delete("Workflow", wf_name)
                         shutil.rmtree(self.home / "runs" / wf_name, ignore_errors=True)
-            return self.store.delete(kind, name)
+            gone = self.store.delete(kind, name)
+            if kind == "Deployment" and not any(
+                watch.needs_watching(Deployment.model_validate(d))
+                for d in self.store.list("Deployment")
+            ):
+                controller.stop_controller(self.home)
+            return gone
+
+    def set_status(self, obj: Experiment | Model | Deployment, status: Any) -> None:
+        """Record `status` (a status model or its wire dict) on the stored object."""
+        wire = status.wire() if hasattr(status, "wire") else status
+        self._set_status(obj, wire)
 
     def _set_status(self, obj: Experiment | Model | Deployment, status: dict[str, Any]) -> None:
         self.store.update_status(

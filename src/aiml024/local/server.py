@@ -36,11 +36,18 @@ import httpx
 from pydantic import BaseModel, Field
 
 from ..api.labels import short_digest
-from ..api.plan import DEPLOYMENT_ENV, RUNTIME_CLASS, SHA256_ENV, PredictorPlan, RuntimeSettings
+from ..api.plan import (
+    DEPLOYMENT_ENV,
+    REQUEST_LOG_ENV,
+    RUNTIME_CLASS,
+    SHA256_ENV,
+    PredictorPlan,
+    RuntimeSettings,
+)
 
 READY_TIMEOUT_S = 90.0
 # The runtime's single-model settings in a cluster; they would apply to every model here.
-_CLUSTER_ENV = {SHA256_ENV, DEPLOYMENT_ENV}
+_CLUSTER_ENV = {SHA256_ENV, DEPLOYMENT_ENV, REQUEST_LOG_ENV}
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
 
 
@@ -59,15 +66,25 @@ class ServerInfo(BaseModel):
     routes: dict[str, str] = Field(
         default_factory=dict, description="Deployment name -> its product endpoint URL."
     )
+    # What it serves: the plan's split and digests (status may say what is planned already).
+    traffic: dict[str, int] = Field(default_factory=dict)
+    digests: dict[str, str] = Field(default_factory=dict)
 
 
 class ServerStartError(RuntimeError):
     """MLServer did not become ready; the message ends with the last lines of server.log."""
 
 
-def start_server(plan: PredictorPlan, workdir: Path, http_port: int | None = None) -> ServerInfo:
+def start_server(
+    plan: PredictorPlan,
+    workdir: Path,
+    http_port: int | None = None,
+    request_log: str | None = None,
+) -> ServerInfo:
     """Start MLServer for every predictor of `plan` (each bundle at its artifact URI: a path,
-    file:// or any fsspec URL) and wait until it and every model are ready."""
+    file:// or any fsspec URL) and wait until it and every model are ready. `request_log`: the
+    URI root every model logs its requests under (aiml024.api.plan.request_log_root, i.e.
+    <artifact store>/<namespace>/_serving/<deployment>/); None logs nothing."""
     name = plan.deployment
     if not plan.predictors:
         raise ValueError(f"server {name}: no predictors to serve")
@@ -78,7 +95,7 @@ def start_server(plan: PredictorPlan, workdir: Path, http_port: int | None = Non
     repo = workdir / "repo"
     http_port = http_port or _free_port()
     grpc_port, metrics_port = _free_port(), _free_port()
-    _write_repository(repo, plan, http_port, grpc_port, metrics_port)
+    _write_repository(repo, plan, http_port, grpc_port, metrics_port, request_log)
 
     log_path = workdir / "server.log"
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}  # settings say it all
@@ -107,6 +124,8 @@ def start_server(plan: PredictorPlan, workdir: Path, http_port: int | None = Non
         log=str(log_path),
         models=names,
         routes={name: f"{url}/v1/inference/{name}:predict"},
+        traffic=plan.traffic(),
+        digests=plan.digests(),
     )
     try:
         _wait_ready(info, process)
@@ -148,7 +167,12 @@ def server_alive(info: ServerInfo) -> bool:
 
 
 def _write_repository(
-    repo: Path, plan: PredictorPlan, http_port: int, grpc_port: int, metrics_port: int
+    repo: Path,
+    plan: PredictorPlan,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    request_log: str | None = None,
 ) -> None:
     shutil.rmtree(repo, ignore_errors=True)  # a model left from an earlier start would load too
     repo.mkdir(parents=True)
@@ -165,9 +189,9 @@ def _write_repository(
     for predictor in plan:
         model = predictor.model
         runtime = (
-            RuntimeSettings(model.sha256, plan.deployment, plan)
+            RuntimeSettings(model.sha256, plan.deployment, plan, request_log)
             if predictor is owner
-            else RuntimeSettings(model.sha256)
+            else RuntimeSettings(model.sha256, request_log=request_log)
         )
         model_settings = {
             "name": model.name,

@@ -26,6 +26,10 @@ from ..api import NAMES
 from ..api.common import DEFAULT_NAMESPACE, dns_problem
 from ..files import write_atomic
 
+# What the background controller writes as the lock's owner, and how long commands wait for it.
+CONTROLLER_OWNER = "aiml024 controller"
+CONTROLLER_WAIT_S = 600.0
+
 
 class StoreBusy(RuntimeError):
     """Another command holds the control plane (for example a running `aiml024 apply`)."""
@@ -193,18 +197,28 @@ class Store:
     # -- exclusive control ----------------------------------------------------------------------
 
     @contextmanager
-    def exclusive(self, what: str) -> Iterator[None]:
-        """Hold the control plane for one long command; a second one fails at once."""
+    def exclusive(self, what: str, wait_for_controller: bool = True) -> Iterator[None]:
+        """Hold the control plane for one long command; a second one fails at once, except
+        that a command waits (up to CONTROLLER_WAIT_S) for a tick of the background
+        controller (aiml024.local.controller), which is no one's command to wait for."""
         marker = self.home / "apply.owner"
         lock = FileLock(str(self.home / "apply.lock"), timeout=0)
         try:
             lock.acquire()
         except Timeout:
             owner = marker.read_text().strip() if marker.exists() else "another command"
-            raise StoreBusy(
-                f"another aiml024 command is running against {self.home} ({owner}); "
-                "wait for it to finish"
-            ) from None
+            if not (wait_for_controller and owner.startswith(CONTROLLER_OWNER)):
+                raise StoreBusy(
+                    f"another aiml024 command is running against {self.home} ({owner}); "
+                    "wait for it to finish"
+                ) from None
+            try:
+                lock.acquire(timeout=CONTROLLER_WAIT_S)
+            except Timeout:
+                raise StoreBusy(
+                    f"the background controller is still busy against {self.home} ({owner}); "
+                    "try again when it is done"
+                ) from None
         try:
             write_atomic(marker, f"{what}, pid {os.getpid()}, since {now_iso()}")
             yield

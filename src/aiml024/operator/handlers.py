@@ -14,7 +14,7 @@ import kopf
 
 from ..api.common import DEPLOYMENT_LABEL, EXPERIMENT_LABEL
 from ..compiler.options import MANAGED_BY
-from . import admission, deployment, experiment, model
+from . import admission, deployment, experiment, model, monitors
 from .config import OperatorConfig, slo_interval
 from .kube import DEPLOYMENTS, EXPERIMENTS, MODELS, SELDON, WORKFLOWS, Connection, Kube
 
@@ -125,13 +125,25 @@ async def seldon_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_
         await deployment.reconcile(memo.kube, memo.config, namespace, owner, apply=False)
 
 
-def _canary(spec: kopf.Spec, **_: Any) -> bool:
-    return (spec.get("strategy") or {}).get("type") in ("canary", "ab")
+def _rolling(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """A strategy that rolls out, a recorded rollout, or a monitor whose retrain rolls out."""
+    retrains = any(m.get("action") == "retrain" for m in spec.get("monitors") or [])
+    strategy = (spec.get("strategy") or {}).get("type")
+    return strategy in ("canary", "ab", "bluegreen") or bool(status.get("rollout")) or retrains
 
 
-@kopf.timer(*DEPLOYMENTS.selector, interval=slo_interval(), when=_canary)
-async def slo_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await deployment.check_slo(memo.kube, memo.config, namespace, name)
+@kopf.timer(*DEPLOYMENTS.selector, interval=slo_interval(), when=_rolling)
+async def rollout_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await deployment.check_rollout(memo.kube, memo.config, namespace, name)
+
+
+def _monitored(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("monitors"))
+
+
+@kopf.timer(*DEPLOYMENTS.selector, interval=monitors.monitor_interval(), when=_monitored)
+async def drift_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await monitors.check_monitors(memo.kube, memo.config, namespace, name)
 
 
 # --- admission ------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ EXPERIMENTS = Res(GROUP, VERSION, "experiments", "Experiment")
 MODELS = Res(GROUP, VERSION, "models", "Model")
 DEPLOYMENTS = Res(GROUP, VERSION, "deployments", "Deployment")
 WORKFLOWS = Res("argoproj.io", "v1alpha1", "workflows", "Workflow")
+CRON_WORKFLOWS = Res("argoproj.io", "v1alpha1", "cronworkflows", "CronWorkflow")
 SELDON = Res("machinelearning.seldon.io", "v1", "seldondeployments", "SeldonDeployment")
 SERVICE_MONITORS = Res("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 PROMETHEUS_RULES = Res("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule")
@@ -68,6 +69,7 @@ BY_KIND = {
         MODELS,
         DEPLOYMENTS,
         WORKFLOWS,
+        CRON_WORKFLOWS,
         SELDON,
         SERVICE_MONITORS,
         PROMETHEUS_RULES,

@@ -1,6 +1,7 @@
 """Decisions for a Deployment, shared by the embedded control plane and the kopf operator:
 which Model versions may serve and how traffic splits (the predictor plan, made here once for
-both), what its status says, and what Seldon reports back in a cluster."""
+both, following the rollout that aiml024.reconcile.rollout decides), what its status says, and
+what Seldon reports back in a cluster."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from ..api import Deployment, DeploymentStatus, Model, set_condition
-from ..api.plan import PredictorPlan, ServedModel, plan_deployment
+from ..api.deployment import RolloutStatus
+from ..api.plan import PredictorPlan, ServedModel, plan_deployment, planned_routes
 from .model import stage_reaches
 
 Obj = dict[str, Any]
@@ -44,12 +46,29 @@ def servable_problem(model: Model, required: str) -> str | None:
     return None
 
 
-def routed_models(dep: Deployment, models: dict[str, Model]) -> list[tuple[str, Model]]:
-    """(role, Model) for each of the Deployment's routes whose Model exists: what the
-    deployment policy (aiml024.policy.deployment_input) judges."""
+def routed_models(
+    dep: Deployment, models: dict[str, Model], rollout: RolloutStatus | None = None
+) -> list[tuple[str, Model]]:
+    """(role, Model) for each route the plan serves (with `rollout`: see
+    api.plan.planned_routes) whose Model exists: what the deployment policy
+    (aiml024.policy.deployment_input) judges."""
     return [
-        (route.role, models[route.model]) for route in dep.spec.routes() if route.model in models
+        (route.role, models[route.model])
+        for route in planned_routes(dep, rollout)
+        if route.model in models
     ]
+
+
+def policy_subject(dep: Deployment, rollout: RolloutStatus | None = None) -> Deployment:
+    """`dep` as the deployment policy should see it while `rollout` runs: its routes are the
+    plan's (pass `routed_models(dep, models, rollout)` with it), so a candidate that waits for
+    approval, or a stable Model a promotion replaced, is not judged as if it served."""
+    if rollout is None:
+        return dep
+    view = dep.model_copy(deep=True)
+    view.spec.model = planned_routes(dep, rollout)[0].model
+    view.spec.strategy = type(dep.spec.strategy)()  # single: every route comes from the plan
+    return view
 
 
 def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
@@ -63,19 +82,24 @@ def _servable(dep: Deployment, name: str, models: dict[str, Model]) -> Model:
 
 
 def plan_predictors(
-    dep: Deployment, models: dict[str, Model], rolled_back: bool = False
+    dep: Deployment,
+    models: dict[str, Model],
+    rolled_back: bool = False,
+    rollout: RolloutStatus | None = None,
 ) -> PredictorPlan:
     """The predictor plan: which registered Model versions serve, in which role, with what
-    share of traffic (live weights sum to 100; `rolled_back`: all of it on stable). NotServable
-    while a Model the spec names may not serve."""
+    share of traffic (live weights sum to 100; `rolled_back`: all of it on stable; `rollout`:
+    the candidate at the rollout's weight, alone as stable once Promoted, left out while it
+    waits for approval, see api.plan.planned_routes). NotServable while a Model the plan
+    serves may not serve."""
     served = {}
-    for route in dep.spec.routes():
+    for route in planned_routes(dep, rollout):
         model = _servable(dep, route.model, models)
         assert model.status is not None and model.status.artifact_uri and model.status.sha256
         served[route.model] = ServedModel(
             route.model, model.status.artifact_uri, model.status.sha256, model.spec.task
         )
-    return plan_deployment(dep, served, rolled_back)
+    return plan_deployment(dep, served, rolled_back, rollout)
 
 
 def deployment_status(
@@ -84,8 +108,10 @@ def deployment_status(
     endpoint: str | None,
     now: datetime,
     waiting: str | None = None,
+    rollout: RolloutStatus | None = None,
 ) -> DeploymentStatus:
-    """Status after an attempt to serve `plan` (None with `waiting`: could not serve yet)."""
+    """Status after an attempt to serve `plan` (None with `waiting`: could not serve yet),
+    recording `rollout` (the plan's; None: no rollout) as status.rollout."""
     previous = dep.status or DeploymentStatus()
     generation = dep.metadata.generation or 1
     status = DeploymentStatus(
@@ -94,6 +120,8 @@ def deployment_status(
         slo_state=previous.slo_state,
         last_rollback=previous.last_rollback,
         drift=dict(previous.drift),
+        monitors=list(previous.monitors),
+        rollout=rollout,
     )
     if plan is None or endpoint is None:
         status.phase = "Pending"

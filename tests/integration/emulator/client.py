@@ -16,6 +16,7 @@ KINDS = {
     "Model": ("aiml024.io", "v1alpha1", "models"),
     "Deployment": ("aiml024.io", "v1alpha1", "deployments"),
     "Workflow": ("argoproj.io", "v1alpha1", "workflows"),
+    "CronWorkflow": ("argoproj.io", "v1alpha1", "cronworkflows"),
     "SeldonDeployment": ("machinelearning.seldon.io", "v1", "seldondeployments"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),

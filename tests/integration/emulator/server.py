@@ -77,6 +77,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_CRDS = [
     *sorted((REPO / "crds").glob("*.yaml")),
     SCHEMAS / "argo-workflows" / "argoproj.io_workflows.yaml",
+    SCHEMAS / "argo-workflows" / "argoproj.io_cronworkflows.yaml",
     SCHEMAS
     / "seldon-core-v1"
     / "apache-2.0_v1.17.1"

@@ -50,6 +50,7 @@ from ..budget import explain_seconds, fit_budget
 from ..bundle import Bundle, BundleMeta, InputColumn, save_bundle
 from ..calibration import choose_calibration, cost_threshold, reliability_curve
 from ..card import build_card, render_markdown
+from ..drift import build_profile, write_profile
 from ..ensemble import blend
 from ..explain import candidate_values, explain_model
 from ..fairness import audit
@@ -138,6 +139,12 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
 
     result = holdout_scores(model, baseline, X_hold, y_hold, data, threshold)
     result["calibrationChoice"] = calibrated
+    # The drift monitors' reference (training inputs, holdout scores): inside the bundle, so
+    # its digest covers it.
+    held_out = Bundle(model, meta).predict(X_hold)
+    write_profile(
+        outputs / "bundle", build_profile(X_train, held_out["score"], spec.search.seed, meta)
+    )
     digest = save_bundle(outputs / "bundle", model, meta)
     served = Bundle(model, meta)
     figures, groups = fairness_audit(data, split, served, X_hold)
@@ -168,7 +175,7 @@ def run(params: Mapping[str, Any] | EvaluateParams, inputs: Path, outputs: Path)
     write_json(card_dir / "model_card.json", card)
     (card_dir / "model_card.md").write_text(render_markdown(card))
     history = load_history(typed.study_storage or (search_dir / STUDY_JOURNAL), study_name(typed))
-    decided = served.predict(X_hold)
+    decided = held_out
     if data.task == "regression":
         holdout = Holdout(truth=y_hold, predicted=decided["score"].to_numpy())
     else:  # y_hold holds class codes: the report shows labels

@@ -1,0 +1,185 @@
+"""Drift monitors in a cluster: the CronWorkflows (compiled with the Deployment) write the
+reports; this timer reads the newest one per monitor back from the store and acts on it.
+
+For each Deployment with drift monitors, every `monitor_interval()` seconds: the newest report
+of each monitor under `api.monitoring.monitor_root(<artifact store>, namespace, deployment)`,
+then `status.monitors` and `status.drift` (aiml024.reconcile.retrain), a `DriftDetected`
+warning Event for each new drifted report, and for `action: retrain` the merge patch
+`retrain_patch` decides on the Experiment, with a `Retraining` Event and a `retrain` audit
+entry. The new generation's Model rolls out as the rollout engine decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import fsspec
+import kopf
+
+from .. import audit
+from ..api import Deployment, DeploymentStatus, Experiment
+from ..api.common import DEFAULT_NAMESPACE
+from ..api.deployment import Monitor, MonitorStatus
+from ..api.monitoring import DRIFT, DriftReport, monitor_root
+from ..reconcile import retrain as rules
+from ..reconcile.clock import now as _now
+from .config import OperatorConfig
+from .kube import CONFLICT_ATTEMPTS, DEPLOYMENTS, EXPERIMENTS, Conflict, Kube
+from .model import record_audit
+
+log = logging.getLogger(__name__)
+
+
+def monitor_interval() -> float:
+    """Seconds between reads of the drift reports ($AIML024_MONITOR_INTERVAL, default 60)."""
+    value = os.environ.get("AIML024_MONITOR_INTERVAL")
+    return float(value) if value else 60.0
+
+
+def newest_report(root: str, monitor: str) -> tuple[str, DriftReport] | None:
+    """(its URI, the report) of the monitor's newest report under `root`, if any. Reports are
+    named by their `until` (yyyymmddThhmmssZ), so the last name is the newest."""
+    fs, base = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{DRIFT}/{monitor}")
+    if not fs.exists(base):
+        return None
+    names = sorted(fs.glob(f"{base}/*.json"))
+    if not names:
+        return None
+    with fs.open(names[-1], "rt", encoding="utf-8") as handle:
+        report = DriftReport.model_validate_json(handle.read())
+    scheme = root.split("://", 1)[0] + "://" if "://" in root else ""
+    return scheme + names[-1], report
+
+
+def newest_reports(root: str, monitors: list[str]) -> dict[str, tuple[str, DriftReport]]:
+    found = {}
+    for name in monitors:
+        newest = newest_report(root, name)
+        if newest is not None:
+            found[name] = newest
+    return found
+
+
+def retrain_record(
+    subject: dict[str, str], monitor: Monitor, report: DriftReport, generation: int | None,
+    actor: str,
+) -> audit.Record:  # fmt: skip
+    """The audit entry of a retrain a drift monitor started."""
+    assert monitor.retrain is not None
+    details = {
+        "monitor": monitor.name,
+        "experiment": monitor.retrain.experiment,
+        "dataUri": monitor.retrain.data_uri,
+        "generation": generation,
+        "model": report.model,
+        "sha256": report.sha256,
+        "method": report.method,
+        "threshold": report.threshold,
+        "score": report.score,
+        "until": report.until,
+        "drifted": [f.feature for f in report.features if f.drifted],
+    }
+    return audit.Record("retrain", actor, subject, details)
+
+
+async def check_monitors(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
+    """Read the monitors' newest reports, write them into status, act on new drift."""
+    retrained: dict[str, int | None] = {}  # kept across conflict retries: patch once
+    for _attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            await _check_once(kube, config, namespace, name, retrained)
+            return
+        except Conflict:
+            continue  # status changed while deciding: read again (the patch is not repeated)
+
+
+async def _check_once(
+    kube: Kube,
+    config: OperatorConfig,
+    namespace: str,
+    name: str,
+    retrained: dict[str, int | None],
+) -> None:
+    body = await kube.get(DEPLOYMENTS, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    dep = Deployment.model_validate(body)
+    monitors = [m for m in dep.spec.monitors if m.type == "drift"]
+    if not monitors:
+        return
+    root = monitor_root(config.compile.artifact_store, namespace or DEFAULT_NAMESPACE, name)
+    try:
+        reports = await asyncio.to_thread(newest_reports, root, [m.name for m in monitors])
+    except Exception as error:  # store unreachable or a report unreadable: try next tick
+        log.warning("drift reports of deployment %s under %s: %s", name, root, error)
+        return
+    now = _now()
+    statuses: list[MonitorStatus] = []
+    for monitor in monitors:
+        previous = rules.previous_status(dep, monitor.name)
+        if monitor.name not in reports:
+            if previous is not None:
+                statuses.append(previous)
+            continue
+        uri, report = reports[monitor.name]
+        fresh = previous is None or report.until > previous.last_run
+        if fresh and report.drifted and monitor.name not in retrained:
+            kopf.warn(
+                body, reason="DriftDetected", message=f"monitor {monitor.name}: {report.message}"
+            )
+        generation = None
+        if monitor.name in retrained:
+            generation = retrained[monitor.name]
+        elif fresh and monitor.action == "retrain":
+            generation = await _retrain(kube, config, body, dep, monitor, report)
+            if generation is not None:
+                retrained[monitor.name] = generation
+        statuses.append(
+            rules.monitor_status_after(
+                previous, report, now, rules.alerted(monitor, report), generation, uri
+            )
+        )
+    status = (dep.status or DeploymentStatus()).model_copy(deep=True)
+    status.monitors = statuses
+    status.drift = rules.drift_summary(report for _, report in reports.values())
+    await kube.replace_status(DEPLOYMENTS, body, status.wire())
+
+
+async def _retrain(
+    kube: Kube,
+    config: OperatorConfig,
+    body: dict[str, Any],
+    dep: Deployment,
+    monitor: Monitor,
+    report: DriftReport,
+) -> int | None:
+    """Patch the Experiment when the rule says so; the generation it made, or None."""
+    assert monitor.retrain is not None
+    namespace = dep.metadata.namespace or DEFAULT_NAMESPACE
+    found = await kube.get(EXPERIMENTS, namespace, monitor.retrain.experiment)
+    if found is None:
+        kopf.warn(
+            body,
+            reason="RetrainFailed",
+            message=f"monitor {monitor.name}: no experiment {monitor.retrain.experiment}",
+        )
+        return None
+    experiment = Experiment.model_validate(found)
+    patch, why = rules.retrain_decision(dep, monitor, report, experiment)
+    if patch is None:
+        if report.drifted:
+            log.info(
+                "deployment %s monitor %s: no retrain: %s", dep.metadata.name, monitor.name, why
+            )
+        return None
+    patched = await kube.merge_patch(EXPERIMENTS, namespace, monitor.retrain.experiment, patch)
+    generation = (patched.get("metadata") or {}).get("generation")
+    kopf.info(body, reason="Retraining", message=f"monitor {monitor.name}: {why}")
+    record = retrain_record(
+        audit.subject_of(body), monitor, report, generation, config.operator_user
+    )
+    await record_audit(config, body, [record])
+    return int(generation) if generation is not None else None
