@@ -96,7 +96,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[dic
         drifted = small_table(600, seed=1)
         drifted["usage"] = (drifted["usage"] + 2.5).round(3)  # the world moved
         drifted.to_csv(root / "fresh.csv", index=False)
-        write_experiment(root, "train.csv", name="loop")
+        experiment = write_experiment(root, "train.csv", name="loop")
         monitor = {
             "name": "usage-drift", "method": "psi", "threshold": 0.25, "minRows": 50,
             "schedule": "0 * * * *", "webhook": webhook, "action": "retrain",
@@ -105,8 +105,10 @@ def loop(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[dic
                 "steps": [{"weight": 50, "pauseSeconds": 1}],
             },
         }  # fmt: skip
-        _deployment(root, "loop", monitors=[monitor])
-        applied = cli("apply", "-f", str(root))
+        deployment = _deployment(root, "loop", monitors=[monitor])
+        trained = cli("apply", "-f", str(experiment), user="alice")
+        assert trained.code == 0, trained.err
+        applied = cli("apply", "-f", str(deployment), user="bob")
         assert applied.code == 0, applied.err
         endpoint = _endpoint(cli, "loop")
         first = _predict(endpoint, _rows(drifted.head(5)))
@@ -149,6 +151,11 @@ def test_retraining_runs_through_the_gate_and_rolls_out_as_a_canary(
     assert experiment["spec"]["data"]["uri"] == str(loop["root"] / "fresh.csv")
     v2 = _get(cli, "model", "loop-model-v2")["status"]
     assert v2["policy"]["decision"] == "allow" and v2["stage"] == "staging"
+    # bob's retrain instruction chose the data v2 learned from: v2 is his, and four eyes hold.
+    assert _get(cli, "model", "loop-model-v1")["spec"]["owner"] == "alice"
+    assert _get(cli, "model", "loop-model-v2")["spec"]["owner"] == "bob"
+    refused = cli("approve", "model/loop-model-v2", "--stage", "production", user="bob")
+    assert refused.code != 0 and "author" in (refused.out + refused.err)
     rollout = loop["during"]["rollout"]
     assert rollout["source"] == "retrain" and rollout["candidate"] == "loop-model-v2"
     assert rollout["phase"] == "Progressing" and rollout["weight"] == 50
@@ -166,6 +173,8 @@ def test_the_canary_steps_end_with_the_new_version_promoted(loop: dict[str, Any]
     answered = _predict(_endpoint(cli, "loop"), _rows(loop["drifted"].head(3)))
     assert answered["model"] == "loop-model-v2"
     assert loop["first"]["model"] == "loop-model-v1"
+    wide = cli("get", "deployments", "-o", "wide").out
+    assert "loop-model-v2 Promoted 100%" in wide and "usage=" in wide
     events = _events(loop["home"], "loop")
     assert any(e.startswith("Retraining:") for e in events)
     assert any(e.startswith("Promoted:") for e in events)

@@ -87,7 +87,7 @@ def test_compiled_manifest_validates_upstream(
 
 def test_every_compile_target_is_covered() -> None:
     kinds = {m["kind"] for _, m in MANIFESTS}
-    assert kinds == {"Workflow", "SeldonDeployment", "ServiceMonitor", "PrometheusRule"}
+    assert kinds == {"Workflow", "SeldonDeployment", "ServiceMonitor", "PrometheusRule", "CronWorkflow"}
     assert kinds <= set(UPSTREAM_CRDS)
 
 

@@ -380,7 +380,8 @@ def test_the_entry_point_writes_the_report_and_alerts(
 def test_the_operator_reads_the_newest_report_back(
     tmp_path: Path, profile: drift.ReferenceProfile
 ) -> None:
-    from aiml024.operator.monitors import newest_reports, retrain_record
+    from aiml024 import audit
+    from aiml024.operator.monitors import newest_reports
 
     root, bundle_dir = tmp_path / "serving", bundle(tmp_path, profile)
     log_requests(root, frame(300, 12, shift=10), T0)
@@ -392,14 +393,10 @@ def test_the_operator_reads_the_newest_report_back(
     assert list(found) == ["inputs"]
     uri, report = found["inputs"]
     assert report == later and uri == f"file://{root}/drift/inputs/20260301T140000Z.json"
-    monitor = Monitor.model_validate(
-        {
-            "name": "inputs",
-            "action": "retrain",
-            "retrain": {"experiment": "churn", "dataUri": "s3://d"},
-        }
-    )
     subject = {"kind": "Deployment", "namespace": "ml", "name": "churn"}
-    record = retrain_record(subject, monitor, first, 4, "operator")
+    record = audit.retrain_record(
+        subject, "inputs", "churn", 4, "s3://d",
+        [f.feature for f in first.features if f.drifted], "operator",
+    )  # fmt: skip
     assert record.kind == "retrain" and record.details["generation"] == 4
     assert "tenure" in record.details["drifted"]

@@ -182,3 +182,88 @@ def test_a_plain_sklearn_pipeline_is_left_to_the_bundle() -> None:
     meta = BundleMeta(task="classification", target="y", columns=[], classes=[0, 1])
     with pytest.raises(Unsupported):
         compile_bundle(Bundle(pipeline, meta))
+
+
+# -- XGBoost members walk their trees in numpy, bit for bit as XGBoost predicts -------------------
+
+
+def _xgboost_rows(n: int, seed: int, width: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, width))
+    X[:, 3] = np.round(X[:, 3] * 2)  # few distinct values: many rows sit on a split
+    X[rng.random(X.shape) < 0.12] = np.nan
+    return X
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "early"),
+    [("classification", 2, False), ("classification", 2, True), ("classification", 4, False),
+     ("regression", 0, False)],
+    ids=["binary", "binary-early-stopped", "multiclass", "regression"],
+)  # fmt: skip
+def test_the_numpy_tree_walk_equals_xgboost_exactly(task: str, classes: int, early: bool) -> None:
+    from aiml024.runtime.fastpath import WALK_ROWS, XGBoostTrees
+    from aiml024.runtime.learners import get_learner
+
+    def target(X: np.ndarray) -> np.ndarray:
+        signal = np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 3]) * np.nan_to_num(X[:, 1])
+        noisy = signal + np.random.default_rng(len(X)).normal(0, 0.7, len(X))
+        if task == "regression":
+            return 10 + 3 * noisy
+        return noisy > 0.3 if classes == 2 else np.digitize(noisy, [-1.0, 0.0, 1.0])
+
+    learner = get_learner("xgboost")
+    params = {"learning_rate": 0.1, "max_depth": 6, "colsample_bytree": 0.8, "subsample": 0.8}
+    estimator = learner.make(params, 0, task, classes, 1, 400 if early else 60)
+    X = _xgboost_rows(2000, 1)
+    if early:
+        X_val = _xgboost_rows(500, 2)
+        learner.fit(estimator, X, target(X).astype(int), X_val, target(X_val).astype(int), 5)
+    else:
+        learner.fit(estimator, X, target(X) if task == "regression" else target(X).astype(int))
+    booster = estimator.get_booster()
+    booster.set_param({"nthread": 1})
+    iterations = estimator._get_iteration_range(None)
+    assert not early or 0 < iterations[1] < 400  # early stopping: only the kept rounds count
+
+    def native(rows: np.ndarray) -> np.ndarray:
+        return booster.inplace_predict(rows, iteration_range=iterations, predict_type="value",
+                                       missing=np.nan, validate_features=False)  # fmt: skip
+
+    walker = XGBoostTrees.compile(booster, iterations, estimator.missing, native)
+    assert walker is not None
+    rows = _xgboost_rows(12_000, 3)
+    rng = np.random.default_rng(4)
+    at = rng.integers(0, int(walker.split.sum()), 6000)  # half the rows: one value on a split
+    rows[np.arange(6000), walker.feature[walker.split][at] % 8] = walker.condition[walker.split][at]
+    expected = native(rows)
+    got = np.concatenate([walker(rows[i : i + WALK_ROWS]) for i in range(0, len(rows), WALK_ROWS)])
+    assert got.dtype == expected.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got, expected)  # every bit: far inside 1e-9
+    assert np.array_equal(walker(rows[:1]), expected[:1])
+
+
+def test_xgboost_members_of_a_bundle_use_the_walk(
+    bundles: dict[str, Bundle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path's XGBoost member: the walk for small batches, XGBoost for large ones; the
+    same numbers either way (the bundle-equality tests above cover both sizes)."""
+    from aiml024.runtime import fastpath
+
+    bundle = bundles["binary"]
+    model = bundle.pipeline.named_steps["model"]
+    booster = model.estimators_[1].estimator.get_booster()
+    native = booster.inplace_predict
+    compiled = fastpath.XGBoostTrees.compile(booster, (0, 0), np.nan, native)
+    assert compiled is not None
+    fast = compile_bundle(bundle)
+    walks: list[int] = []
+    walk = fastpath.XGBoostTrees.__call__
+    monkeypatch.setattr(fastpath.XGBoostTrees, "__call__",
+                        lambda self, X: walks.append(len(X)) or walk(self, X))  # fmt: skip
+    rows = _requests()
+    X = fast.features({c: [r.get(c) for r in rows] for c in DTYPES}, len(rows))
+    proba = np.asarray(model.estimators_[1].estimator.predict_proba(X), dtype=float)
+    assert np.array_equal(fast.members[1](X[:1]), proba[:1])
+    assert np.array_equal(fast.members[1](X), proba)
+    assert walks == [1] and len(rows) > fastpath.WALK_ROWS  # the batch went to XGBoost

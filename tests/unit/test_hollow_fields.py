@@ -762,7 +762,9 @@ def test_the_examples_still_parse_and_compile() -> None:
     assert sorted(o.kind for o in objects) == ["Deployment", "Experiment"]
     assert all(unsupported(o) == [] for o in objects)
     kinds = sorted(m["kind"] for m in compile_objects(objects))
-    assert kinds == ["PrometheusRule", "SeldonDeployment", "ServiceMonitor", "Workflow"]
+    assert kinds == [
+        "CronWorkflow", "PrometheusRule", "SeldonDeployment", "ServiceMonitor", "Workflow"
+    ]  # fmt: skip
 
 
 def test_the_golden_manifests_come_from_supported_specs() -> None:

@@ -109,6 +109,25 @@ def test_an_editor_cannot_run_a_workflow_as_the_runtime(spec: dict[str, Any]) ->
     assert len(refusals(identity, EDITOR, "UPDATE", changed, mine)) == 1
 
 
+def test_only_an_operators_cronworkflow_makes_the_argo_controller_run_the_runtime() -> None:
+    """A drift monitor: the operator creates the CronWorkflow, the Argo controller creates its
+    Workflows (owned by it) on schedule. Nobody else gets either."""
+    identity = policy("aiml024-runtime-identity")
+    cron = {"kind": "CronWorkflow", "metadata": {"name": "churn-drift"},
+            "spec": {"schedules": ["0 * * * *"], "workflowSpec": {
+                "entrypoint": "monitor", "serviceAccountName": RUNTIME,
+                "templates": [{"name": "monitor"}]}}}  # fmt: skip
+    assert refusals(identity, OPERATOR, "CREATE", cron) == []
+    assert len(refusals(identity, EDITOR, "CREATE", cron)) == 1
+    spawned = workflow(serviceAccountName=RUNTIME)
+    spawned["metadata"]["ownerReferences"] = [{"kind": "CronWorkflow", "name": "churn-drift"}]
+    assert refusals(identity, ARGO, "CREATE", spawned) == []
+    # An editor cannot pass their Workflow off as the CronWorkflow's, nor can the controller
+    # run one that no CronWorkflow owns.
+    assert len(refusals(identity, EDITOR, "CREATE", spawned)) == 1
+    assert len(refusals(identity, ARGO, "CREATE", workflow(serviceAccountName=RUNTIME))) == 1
+
+
 def test_an_editors_own_workflow_is_theirs() -> None:
     identity = policy("aiml024-runtime-identity")
     assert refusals(identity, EDITOR, "CREATE", workflow(serviceAccountName="default")) == []
@@ -117,10 +136,12 @@ def test_an_editors_own_workflow_is_theirs() -> None:
 
 def test_nobody_execs_into_or_debugs_a_training_step() -> None:
     pods = policy("aiml024-runtime-pods")
-    for step in ("churn-g2-evaluate-3612214843", "churn-g1-search-worker-17"):
+    steps = ("churn-g2-evaluate-3612214843", "churn-g1-search-worker-17",
+             "churn-drift-drift-1764576000-monitor-2291847712")  # fmt: skip
+    for step in steps:
         assert refusals(pods, EDITOR, "CONNECT", {"kind": "PodExecOptions"}, name=step) == [
-            "a training step's Pod cannot be exec'd into, attached to or port-forwarded (it "
-            "writes the run's evidence as aiml024-runtime); read its logs instead"
+            "a training step's or drift monitor's Pod cannot be exec'd into, attached to or "
+            "port-forwarded (it writes evidence as aiml024-runtime); read its logs instead"
         ]
     assert refusals(pods, EDITOR, "CONNECT", {"kind": "PodExecOptions"}, name="my-notebook") == []
     runtime_pod = pod(serviceAccountName=RUNTIME)

@@ -334,7 +334,8 @@ def test_compiled_workflow_validates_against_the_upstream_argo_schema(schemas_di
     assert workflow["metadata"]["labels"]["aiml024.io/model"] == MODEL
     assert workflow["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "aiml024"
     spec = workflow["spec"]
-    assert spec["serviceAccountName"] == "aiml024-runtime"
+    # Not the runtime identity: users create these Workflows (manifests/runtime-guard.yaml).
+    assert spec["serviceAccountName"] == "aiml024-batch"
     (template,) = spec["templates"]
     container = template["container"]
     assert container["image"] == "registry.example/runtime:1"

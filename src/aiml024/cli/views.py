@@ -69,14 +69,26 @@ def _deployment_row(obj: dict[str, Any], wide: bool) -> list[str]:
     row = [obj["metadata"]["name"], obj["spec"]["model"], status.get("phase", "Pending"), traffic,
            status.get("endpoint") or "<none>", age(obj["metadata"].get("creationTimestamp"))]  # fmt: skip
     if wide:
-        row += [status.get("sloState", "Unknown")]
+        rollout = status.get("rollout") or {}
+        moving = (
+            f"{rollout['candidate']} {rollout.get('phase')} {rollout.get('weight', 0)}%"
+            if rollout
+            else "-"
+        )
+        drift = status.get("drift") or {}
+        worst = max(drift.items(), key=lambda kv: kv[1], default=None)
+        row += [
+            status.get("sloState", "Unknown"),
+            moving,
+            f"{worst[0]}={worst[1]:.2f}" if worst else "-",
+        ]
     return row
 
 
 _COLUMNS = {
     "Experiment": (["NAME", "TASK", "PHASE", "TRIALS", "METRIC", "BEST", "AGE"], ["WORKFLOW", "MODEL"], _experiment_row),
     "Model": (["NAME", "TASK", "STAGE", "DESIRED", "DECISION", "METRIC", "BASELINE", "AGE"], ["SHA256", "ARTIFACT"], _model_row),
-    "Deployment": (["NAME", "MODEL", "PHASE", "TRAFFIC", "ENDPOINT", "AGE"], ["SLO"], _deployment_row),
+    "Deployment": (["NAME", "MODEL", "PHASE", "TRAFFIC", "ENDPOINT", "AGE"], ["SLO", "ROLLOUT", "DRIFT"], _deployment_row),
 }  # fmt: skip
 
 
@@ -107,6 +119,17 @@ def describe(console: Console, obj: dict[str, Any], events: list[dict[str, Any]]
     elif obj["kind"] == "Deployment":
         console.print(f"[bold]Endpoint:[/]     {status.get('endpoint') or '<none>'}")
         console.print(f"[bold]Traffic:[/]      {json.dumps(status.get('traffic', {}))}")
+        rollout = status.get("rollout")
+        if rollout:
+            console.print(
+                f"[bold]Rollout:[/]      {rollout['strategy']} of {rollout['candidate']}: "
+                f"{rollout.get('phase')}, {rollout.get('message', '')}"
+            )
+        for monitor in status.get("monitors") or []:
+            console.print(
+                f"[bold]Monitor:[/]      {monitor['name']}: last run {monitor['lastRun']}, "
+                f"score {_fmt(monitor.get('score'))}, drifted {monitor.get('drifted', False)}"
+            )
     conditions = Table(title="Conditions", box=None, title_justify="left", header_style="bold")
     for column in ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"):
         conditions.add_column(column, overflow="fold")

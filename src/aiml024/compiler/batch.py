@@ -132,7 +132,7 @@ def compile_batch_scoring(
         "metadata": metadata,
         "spec": {
             "entrypoint": ENTRYPOINT,
-            "serviceAccountName": options.service_account,
+            "serviceAccountName": options.batch_service_account,
             "podMetadata": {"labels": dict(labels)},
             "podGC": {"strategy": "OnPodSuccess"},
             "ttlStrategy": {

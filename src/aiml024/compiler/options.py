@@ -33,6 +33,10 @@ class CompileOptions:
     study_storage: str = ""
     code_version: str = VERSION
     service_account: str = "aiml024-runtime"
+    # Batch scoring reads a bundle and writes the user's output: it needs no write access to
+    # the run roots, and users may create its Workflows (the runtime guard keeps
+    # aiml024-runtime for the operator's). Give it read access to the artifact store.
+    batch_service_account: str = "aiml024-batch"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     # Model servers need CPU requests for the HorizontalPodAutoscaler's utilization target.
     serving_cpu: str = "1"

@@ -129,13 +129,15 @@ class LocalControlPlane:
 
     def _stamp_identity(self, manifest: dict[str, Any]) -> None:
         """As the admission webhook does, from the store's record, never from the manifest: an
-        Experiment's author is whoever last changed its spec; a Model's owner is whoever first
-        applied it."""
+        Experiment's or a Deployment's author is whoever last changed its spec; a Model's owner
+        is whoever first applied it."""
         meta = manifest["metadata"]
         before = self.store.find(manifest["kind"], meta["name"], meta.get("namespace") or "default")
         annotations = meta.setdefault("annotations", {})
         recorded = ((before or {}).get("metadata") or {}).get("annotations") or {}
-        if manifest["kind"] == "Experiment":
+        if manifest["kind"] in ("Experiment", "Deployment"):
+            # A Deployment's author wrote its monitors' retrain instructions: the retrained
+            # Model is theirs (aiml024.local.watch).
             unchanged = before is not None and before.get("spec") == manifest.get("spec")
             author = recorded.get(APPLIED_BY) if unchanged else None
             annotations[APPLIED_BY] = author or current_user()
@@ -440,8 +442,6 @@ class LocalControlPlane:
             and model_server.server_alive(info)
             and info.digests == plan.digests()
             and info.traffic == plan.traffic()
-            and dep.status is not None
-            and dep.status.phase == "Serving"
         )
         if serving and not force:
             assert info is not None

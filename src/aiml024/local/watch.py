@@ -26,7 +26,7 @@ from croniter import croniter
 
 from .. import audit
 from ..api import Deployment, DeploymentStatus, Experiment, Model
-from ..api.common import DEFAULT_NAMESPACE
+from ..api.common import APPLIED_BY, DEFAULT_NAMESPACE
 from ..api.deployment import AbResult, Monitor, RolloutStatus
 from ..api.monitoring import DriftReport, monitor_root
 from ..reconcile import clock
@@ -204,6 +204,12 @@ def _retrain(
         return None
     manifest["spec"]["data"] = {**manifest["spec"].get("data", {}), **patch["spec"]["data"]}
     manifest.pop("status", None)
+    # Whoever wrote the retrain instruction chose the new training data: they author the
+    # retrained Model (four eyes: they cannot approve it), as the operator records it.
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    author = dep.metadata.annotations.get(APPLIED_BY) or annotations.get(APPLIED_BY)
+    if author:
+        annotations[APPLIED_BY] = author
     saved, _ = plane.store.apply(manifest)
     generation = int(saved["metadata"]["generation"])
     plane.store.record_event(dep.wire(), "Normal", "Retraining", why)

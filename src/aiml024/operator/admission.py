@@ -2,7 +2,11 @@
 
 Identity comes from the API server's userInfo on each request, never from the object:
 - Experiment CREATE, and UPDATE that changes the spec: `aiml024.io/applied-by` := the
-  requesting user (the author of the Models that spec trains; kept on other updates).
+  requesting user (the author of the Models that spec trains; kept on other updates). The one
+  exception is the operator's retrain patch: it names the author itself (the author of the
+  Deployment whose retrain instruction chose the new data), never the operator.
+- Deployment CREATE, and UPDATE that changes the spec: `aiml024.io/applied-by` := the
+  requesting user (the author of its monitors' retrain instructions; kept on other updates).
 - Model CREATE by a person: `spec.owner` := the requesting user (the operator, which creates
   Models for Experiments, sets the Experiment's author itself).
 - Model approval by a Kubernetes identity: a user the authorizer allows to `approve` models
@@ -156,13 +160,44 @@ async def validate_model(config: OperatorConfig, body: Obj, old: Obj | None, use
 # --- mutation (identity) ---------------------------------------------------------------------
 
 
-def stamp_experiment(body: Obj, old: Obj | None, user: str, patch: kopf.Patch) -> None:
-    """The author is whoever last changed the spec (four eyes holds against every editor of
-    what a model was trained on, not only against whoever created the Experiment)."""
-    spec_changed = old is None or old.get("spec") != body.get("spec")
-    author = user if spec_changed else _annotations(old).get(APPLIED_BY)
-    if author and _annotations(body).get(APPLIED_BY) != author:
+def _stamp_author(body: Obj, author: str | None, patch: kopf.Patch) -> None:
+    """Make `aiml024.io/applied-by` say `author` (or nothing, where nobody is recorded): what
+    the request itself wrote there never stands."""
+    if _annotations(body).get(APPLIED_BY) != author:
         patch.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_BY] = author
+
+
+def _spec_changed(body: Obj, old: Obj | None) -> bool:
+    return old is None or old.get("spec") != body.get("spec")
+
+
+def stamp_experiment(
+    config: OperatorConfig, body: Obj, old: Obj | None, user: str, patch: kopf.Patch
+) -> None:
+    """The author is whoever last changed the spec (four eyes holds against every editor of
+    what a model was trained on, not only against whoever created the Experiment).
+
+    The operator changes the spec only for a drift monitor's retrain, and then names the
+    author itself: the Deployment's author, who wrote the retrain instruction and so chose the
+    new training data (aiml024.operator.monitors). It never becomes the author itself: without
+    a name from it, the previous author stays."""
+    recorded = _annotations(old).get(APPLIED_BY) or None
+    if not _spec_changed(body, old):
+        author = recorded
+    elif user == config.operator_user:
+        named = _annotations(body).get(APPLIED_BY) or None
+        author = named if named is not None and named != config.operator_user else recorded
+    else:
+        author = user
+    _stamp_author(body, author, patch)
+
+
+def stamp_deployment(body: Obj, old: Obj | None, user: str, patch: kopf.Patch) -> None:
+    """The author is whoever last changed the spec: the retrain instructions of its monitors
+    (`retrain.dataUri`, the data a retrained Model learns from) are theirs, and so is the
+    retrained Model (four eyes: they cannot approve it)."""
+    author = user if _spec_changed(body, old) else (_annotations(old).get(APPLIED_BY) or None)
+    _stamp_author(body, author, patch)
 
 
 async def stamp_model(

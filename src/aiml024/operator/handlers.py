@@ -152,9 +152,23 @@ async def drift_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.mutate(*EXPERIMENTS.selector, id="stamp-experiment", operations=["CREATE", "UPDATE"])
 def stamp_experiment(
+    body: kopf.Body,
+    old: kopf.Body | None,
+    userinfo: dict[str, Any],
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    admission.stamp_experiment(
+        memo.config, dict(body), _raw(old), admission.user_of(userinfo), patch
+    )
+
+
+@kopf.on.mutate(*DEPLOYMENTS.selector, id="stamp-deployment", operations=["CREATE", "UPDATE"])
+def stamp_deployment(
     body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any], patch: kopf.Patch, **_: Any
 ) -> None:
-    admission.stamp_experiment(dict(body), _raw(old), admission.user_of(userinfo), patch)
+    admission.stamp_deployment(dict(body), _raw(old), admission.user_of(userinfo), patch)
 
 
 @kopf.on.mutate(*MODELS.selector, id="stamp-model", operations=["CREATE", "UPDATE"])

@@ -6,7 +6,10 @@ of each monitor under `api.monitoring.monitor_root(<artifact store>, namespace, 
 then `status.monitors` and `status.drift` (aiml024.reconcile.retrain), a `DriftDetected`
 warning Event for each new drifted report, and for `action: retrain` the merge patch
 `retrain_patch` decides on the Experiment, with a `Retraining` Event and a `retrain` audit
-entry. The new generation's Model rolls out as the rollout engine decides.
+entry. The patch also names the Experiment's author (`retrain_author`: the Deployment's, who
+wrote the retrain instruction and so chose the new data), so the retrained Model is theirs and
+four eyes holds against them. The new generation's Model rolls out as the rollout engine
+decides.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import kopf
 
 from .. import audit
 from ..api import Deployment, DeploymentStatus, Experiment
-from ..api.common import DEFAULT_NAMESPACE
+from ..api.common import APPLIED_BY, DEFAULT_NAMESPACE
 from ..api.deployment import Monitor, MonitorStatus
 from ..api.monitoring import DRIFT, DriftReport, monitor_root
 from ..reconcile import retrain as rules
@@ -63,26 +66,29 @@ def newest_reports(root: str, monitors: list[str]) -> dict[str, tuple[str, Drift
     return found
 
 
-def retrain_record(
-    subject: dict[str, str], monitor: Monitor, report: DriftReport, generation: int | None,
-    actor: str,
-) -> audit.Record:  # fmt: skip
-    """The audit entry of a retrain a drift monitor started."""
-    assert monitor.retrain is not None
-    details = {
-        "monitor": monitor.name,
-        "experiment": monitor.retrain.experiment,
-        "dataUri": monitor.retrain.data_uri,
-        "generation": generation,
-        "model": report.model,
-        "sha256": report.sha256,
-        "method": report.method,
-        "threshold": report.threshold,
-        "score": report.score,
-        "until": report.until,
-        "drifted": [f.feature for f in report.features if f.drifted],
-    }
-    return audit.Record("retrain", actor, subject, details)
+def retrain_author(dep: Deployment, experiment: Experiment, operator_user: str) -> str | None:
+    """Who authors the retrained Model: whoever wrote the retrain instruction, i.e. the
+    Deployment's author (its `aiml024.io/applied-by`, stamped by the admission webhook), for
+    they chose the data it learns from; for a Deployment stamped before that webhook, the
+    Experiment's previous author. Never the operator: four eyes needs a person there."""
+    for candidate in (
+        dep.metadata.annotations.get(APPLIED_BY),
+        experiment.metadata.annotations.get(APPLIED_BY),
+    ):
+        if candidate and candidate != operator_user:
+            return candidate
+    return None
+
+
+def authored_retrain_patch(
+    patch: dict[str, Any], dep: Deployment, experiment: Experiment, operator_user: str
+) -> dict[str, Any]:
+    """The retrain's merge patch with the Experiment's author set to `retrain_author` (the
+    webhook takes an author from the operator's own requests only)."""
+    author = retrain_author(dep, experiment, operator_user)
+    if author is None:
+        return patch
+    return {**patch, "metadata": {"annotations": {APPLIED_BY: author}}}
 
 
 async def check_monitors(kube: Kube, config: OperatorConfig, namespace: str, name: str) -> None:
@@ -175,11 +181,18 @@ async def _retrain(
                 "deployment %s monitor %s: no retrain: %s", dep.metadata.name, monitor.name, why
             )
         return None
+    patch = authored_retrain_patch(patch, dep, experiment, config.operator_user)
     patched = await kube.merge_patch(EXPERIMENTS, namespace, monitor.retrain.experiment, patch)
-    generation = (patched.get("metadata") or {}).get("generation")
+    generation = int(patched["metadata"]["generation"])
     kopf.info(body, reason="Retraining", message=f"monitor {monitor.name}: {why}")
-    record = retrain_record(
-        audit.subject_of(body), monitor, report, generation, config.operator_user
+    record = audit.retrain_record(
+        audit.subject_of(body),
+        monitor.name,
+        monitor.retrain.experiment,
+        generation,
+        monitor.retrain.data_uri,
+        [f.feature for f in report.features if f.drifted],
+        config.operator_user,
     )
     await record_audit(config, body, [record])
-    return int(generation) if generation is not None else None
+    return generation

@@ -14,7 +14,10 @@ Model settings (model-settings.json, or MLSERVER_MODEL_* in a Seldon predictor's
                                     plan's live predictors by weight and copied to its shadows
 
                         request_log the request/response log's URI root (aiml024.runtime.requestlog;
-                                    env AIML024_REQUEST_LOG when unset)
+                                    env AIML024_REQUEST_LOG when unset). A request's instances
+                                    are logged as LoggedInstances keeps them: the bundle's input
+                                    and id columns only, PII masked or dropped as the served
+                                    pipeline's PiiMasker does (on the log's writer thread)
 
 Endpoints:
     POST /v2/models/<model>/infer           V2 protocol (REST, and gRPC on MLServer's gRPC port);
@@ -75,7 +78,14 @@ from aiml024.api.plan import RuntimeSettings
 
 from .bundle import META_FILE, Bundle, bundle_digest, load_bundle
 from .explain import counterfactual, local_explanation
-from .fastpath import FastPath, InvalidInput, Prediction, Unsupported, compile_bundle
+from .fastpath import (
+    FastPath,
+    InvalidInput,
+    Prediction,
+    Unsupported,
+    compile_bundle,
+    value_masker,
+)
 from .requestlog import RequestLog, new_id
 
 log = logging.getLogger(__name__)
@@ -186,6 +196,7 @@ class Aiml024Runtime(MLModel):
         self._tmp: Path | None = None  # download dir of a remote bundle
         self._turns: dict[str, float] = {}
         self._log: RequestLog | None = None
+        self._logged: LoggedInstances | None = None  # what of a request the log may keep
         self._series: dict[str, Any] = {}  # metric children by endpoint
         deployment = self.runtime.deployment
         if deployment:
@@ -233,6 +244,7 @@ class Aiml024Runtime(MLModel):
             MetadataTensor(name="score", datatype="FP64", shape=[-1, 1]),
         ]
         if self.runtime.request_log:
+            self._logged = LoggedInstances(self._bundle)
             self._log = RequestLog(self.runtime.request_log)
             if self.deployment_name():
                 _DRIFT_ROOTS[self.deployment_name()] = self.runtime.request_log
@@ -512,13 +524,15 @@ class Aiml024Runtime(MLModel):
         for score in prediction.scores.tolist():
             if score == score:
                 scores.observe(score)
-        if self._log is None:
+        if self._log is None or self._logged is None:
             return
         labels, values = prediction.labels, prediction.scores
+        logged = self._logged
         self._log.add("requests", {
             "id": request_id or new_id(), "at": time.time(),
             "deployment": self.deployment_name(), "model": self.name, "sha256": self.digest,
-            "role": role, "endpoint": endpoint, "instances": instances,
+            "role": role, "endpoint": endpoint,
+            "instances": lambda: logged.of(instances),
             "predictions": lambda: [{"label": _native(label), "score": _native(score)}
                                     for label, score in zip(labels, values.tolist(),
                                                             strict=True)],
@@ -556,6 +570,50 @@ class Aiml024Runtime(MLModel):
                 raise InferenceError(
                     f"column '{column.name}' is {column.dtype}; got {values[bad].iloc[0]!r}"
                 )
+
+
+class LoggedInstances:
+    """A request's rows as the request log keeps them: only the bundle's input columns and its
+    id column, PII masked as the served pipeline masks it (PiiMasker: `mask` -> the masked
+    value, `drop` -> the column left out), so no client's email or phone number is stored in
+    clear text. Runs on the log's writer thread, not the hot path."""
+
+    def __init__(self, bundle: Bundle):
+        meta = bundle.meta
+        steps = dict(getattr(bundle.pipeline, "named_steps", {}) or {})
+        masker = steps.get("pii")
+        pii = {str(c): str(k) for c, k in (getattr(masker, "columns", None) or {}).items()}
+        keep = [c.name for c in meta.columns]
+        if meta.id_column and meta.id_column not in keep:
+            keep.append(meta.id_column)
+        if masker is not None and getattr(masker, "action", "mask") == "drop":
+            keep = [c for c in keep if c not in pii]
+            pii = {}
+        self.keep = frozenset(keep)
+        # column -> PiiMasker's mask of one present value (the fast path's, value by value:
+        # a pandas Series per record cost the writer thread ~1.6 ms of GIL per request)
+        self.masked = {c: value_masker(k) for c, k in pii.items() if c in self.keep}
+
+    def of(self, instances: Any) -> list[dict[str, Any]] | None:
+        """`rows` of the instances (or of what a zero-argument callable returns); None, with
+        the error logged, when they cannot be masked: never the raw values."""
+        try:
+            return self.rows(instances() if callable(instances) else instances)
+        except Exception:
+            log.exception("request log: instances not logged, they could not be masked")
+            return None
+
+    def rows(self, instances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        keep, masked = self.keep, self.masked
+        rows = [{c: v for c, v in row.items() if c in keep} for row in instances]
+        if masked:
+            for row in rows:
+                for column, mask in masked.items():
+                    if column in row:
+                        value = row[column]
+                        missing = value is None or (isinstance(value, float) and value != value)
+                        row[column] = None if missing or mask is None else mask(value)
+        return rows
 
 
 def _parse_predict(body: bytes) -> tuple[list[dict[str, Any]], bool, bool]:
