@@ -50,8 +50,10 @@ def _metadata(dep: Deployment, name: str, labels: dict[str, str]) -> dict[str, A
     return metadata
 
 
-def _selector(dep: Deployment, extra: str = "") -> str:
-    matchers = [f'deployment_name="{dep.metadata.name}"']
+def _selector(dep: Deployment, extra: str = "", label: str = "deployment_name") -> str:
+    """PromQL matchers for `dep`'s series: its name under `label` (Seldon's executor says
+    deployment_name, aiml024's runtime deployment) and its namespace."""
+    matchers = [f'{label}="{dep.metadata.name}"']
     if dep.metadata.namespace:
         matchers.append(f'namespace="{dep.metadata.namespace}"')
     if extra:
@@ -128,8 +130,9 @@ def prometheus_rule(dep: Deployment, labels: dict[str, str]) -> dict[str, Any]:
                 "rules": [
                     _alert(
                         "Aiml024DriftDetected",
-                        f'{DRIFT_METRIC}{{deployment="{name}",method="{m.method}"}} '
-                        f"> {_number(m.threshold)}",
+                        DRIFT_METRIC
+                        + _selector(dep, 'method="' + m.method + '"', "deployment")
+                        + f" > {_number(m.threshold)}",
                         "warning",
                         f"{name}: {m.method} drift above {_number(m.threshold)}",
                         {"deployment": name, "action": m.action},
