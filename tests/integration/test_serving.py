@@ -369,7 +369,7 @@ def test_v2_grpc_answers_with_mlservers_stubs(fast_server) -> None:
 def test_requests_and_feedback_reach_the_log_and_metrics(fast_server) -> None:
     import time
 
-    from aiml024.runtime.requestlog import read_records
+    from aiml024.servinglog import read_records
 
     info, _, log_root = fast_server
     answer = httpx.post(info.routes["churn"], json={"instances": ROWS[:1]}).json()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiml024.runtime.requestlog import RequestLog, new_id, read_records
+from aiml024.runtime.requestlog import RequestLog, new_id
+from aiml024.servinglog import read_records
 
 
 def test_records_are_written_in_whole_parts_and_read_back(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from .deployment import Deployment, RolloutStatus, Route
+from .monitoring import monitor_root
 
 # The MLServer implementation every predictor runs (aiml024.runtime.serving.Aiml024Runtime);
 # named, never imported, so the compiler and the local control plane need no ML stack.
@@ -179,7 +180,7 @@ REQUEST_LOG_ENV = "AIML024_REQUEST_LOG"
 def request_log_root(store_uri: str, namespace: str, deployment: str) -> str:
     """Where a Deployment's served requests, feedback and drift reports live (a URI root, see
     aiml024.runtime.requestlog): one place for both control planes to compute it."""
-    return f"{store_uri.rstrip('/')}/{namespace}/_serving/{deployment}/"
+    return monitor_root(store_uri, namespace, deployment) + "/"
 
 
 @dataclass(frozen=True)

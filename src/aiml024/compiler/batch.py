@@ -23,6 +23,7 @@ from .workflow import (
     REMOTE_DATA_SCHEMES,
     TTL_AFTER_FAILURE_SECONDS,
     TTL_AFTER_SUCCESS_SECONDS,
+    storage_problem,
 )
 
 ENTRYPOINT = "score"
@@ -46,27 +47,13 @@ def _registered(model: Model) -> tuple[str, str]:
 
 def _uri_problem(what: str, uri: str, schemes: tuple[str, ...], options: CompileOptions,
                  namespace: str) -> str | None:  # fmt: skip
-    """Why the step may not read or write `uri`, or None (the rule of cluster_data_problem)."""
+    """Why the step may not read or write `uri`, or None (workflow.storage_problem; and no
+    Argo template syntax)."""
     if not uri:
         return f"{what}: empty"
     if "{{" in uri or "}}" in uri:
         return f"{what}: {uri!r} contains '{{{{' or '}}}}', which Argo would substitute"
-    store = options.artifact_store
-    if "://" not in store or store.startswith("file://"):
-        return None  # one machine: the user's own files
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if "::" in uri or scheme not in schemes:
-        return (
-            f"{what}: {uri!r} is not object storage; in a cluster the step uses "
-            f"{', '.join(s + '://' for s in schemes)}"
-        )
-    root = store.rstrip("/") + "/"
-    if uri.startswith(root) and not uri.startswith(f"{root}{namespace}/"):
-        return (
-            f"{what}: {uri!r} lies in another namespace's part of the artifact store; this "
-            f"Model's namespace may use only {root}{namespace}/"
-        )
-    return None
+    return storage_problem(what, uri, schemes, options, namespace)
 
 
 def compile_batch_scoring(

@@ -250,25 +250,36 @@ REMOTE_DATA_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "https")
 
 def cluster_data_problem(exp: Experiment, options: CompileOptions) -> str | None:
     """Why the steps may not read `spec.data.uri` where the artifact store is remote (a
-    cluster), or None. The steps read it with the runtime's credentials, so it must name
-    object storage or HTTPS, and never another namespace's part of the artifact store.
-    With a local store (one machine, the emulator's tests) local files are the user's own."""
-    store = options.artifact_store
+    cluster), or None (the rule: `storage_problem`)."""
     uri = exp.spec.data.uri
-    if uri is None or "://" not in store or store.startswith("file://"):
+    if uri is None:
+        return None
+    namespace = exp.metadata.namespace or DEFAULT_NAMESPACE
+    return storage_problem("spec.data.uri", uri, REMOTE_DATA_SCHEMES, options, namespace)
+
+
+def storage_problem(
+    what: str, uri: str, schemes: tuple[str, ...], options: CompileOptions, namespace: str
+) -> str | None:
+    """Why a step in a cluster may not read or write `uri`, or None. Steps use the runtime's
+    credentials, so `uri` must name one of `schemes` (object storage, maybe HTTPS), and never
+    another namespace's part of the artifact store. With a local store (one machine, the
+    emulator's tests) local files are the user's own."""
+    store = options.artifact_store
+    if "://" not in store or store.startswith("file://"):
         return None
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if "::" in uri or scheme not in REMOTE_DATA_SCHEMES:
+    if "::" in uri or scheme not in schemes:
         return (
-            f"spec.data.uri: {uri!r} is not object storage or HTTPS; in a cluster the steps "
-            f"read data from {', '.join(s + '://' for s in REMOTE_DATA_SCHEMES)}"
+            f"{what}: {uri!r} is not object storage"
+            + (" or HTTPS" if "https" in schemes else "")
+            + f"; in a cluster the steps use {', '.join(s + '://' for s in schemes)}"
         )
     root = store.rstrip("/") + "/"
-    namespace = exp.metadata.namespace or DEFAULT_NAMESPACE
     if uri.startswith(root) and not uri.startswith(f"{root}{namespace}/"):
         return (
-            f"spec.data.uri: {uri!r} lies in another namespace's part of the artifact store; "
-            f"this Experiment may read only under {root}{namespace}/"
+            f"{what}: {uri!r} lies in another namespace's part of the artifact store; "
+            f"namespace {namespace} may use only {root}{namespace}/"
         )
     return None
 

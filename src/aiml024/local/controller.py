@@ -13,7 +13,6 @@ own once nothing needs it; `aiml024 delete` of the last such Deployment stops it
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ..files import write_atomic
+from .server import stop_process_group
 
 CONTROLLER_FILE = "controller.json"
 CONTROLLER_ENV = "AIML024_CONTROLLER"
@@ -91,23 +91,7 @@ def stop_controller(home: Path, timeout: float = 10.0) -> None:
     controller_file(home).unlink(missing_ok=True)
     if info is None or info.pid == os.getpid():
         return
-    try:
-        os.killpg(info.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(info.pid)
-        try:
-            os.killpg(info.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(info.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(info.pid)
+    stop_process_group(info.pid, timeout)
 
 
 def _reap(pid: int) -> None:

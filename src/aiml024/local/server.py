@@ -137,23 +137,29 @@ def start_server(
 
 def stop_server(info: ServerInfo, timeout: float = 10.0) -> None:
     """Terminate the server's process group; kill it if it lingers. Safe to call twice."""
+    stop_process_group(info.pid, timeout)
+
+
+def stop_process_group(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM the process group `pid` leads (started with start_new_session), SIGKILL it if
+    it lingers past `timeout`, and reap it. Safe to call twice."""
     try:
-        os.killpg(info.pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     except PermissionError:  # the pid was reused by someone else's process: not ours
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _group_alive(info.pid):
+        if not _group_alive(pid):
             break
         time.sleep(0.1)
     else:
         try:
-            os.killpg(info.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _reap(info.pid)
+    _reap(pid)
 
 
 def server_alive(info: ServerInfo) -> bool:

@@ -34,6 +34,7 @@ from ..reconcile import deployment as deployment_rules
 from ..reconcile import retrain as retrain_rules
 from ..reconcile import rollout as rollout_rules
 from ..reconcile import slo as slo_rules
+from ..servinglog import read_records
 
 if TYPE_CHECKING:
     from .controlplane import LocalControlPlane
@@ -343,8 +344,6 @@ def _allowed_alone(
 def _ab_result(
     plane: LocalControlPlane, dep: Deployment, rollout: RolloutStatus
 ) -> AbResult | None:
-    from ..runtime.requestlog import read_records  # the request log's own reader
-
     ab = dep.spec.strategy.ab
     if ab is None:
         return None

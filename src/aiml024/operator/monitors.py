@@ -19,16 +19,16 @@ import logging
 import os
 from typing import Any
 
-import fsspec
 import kopf
 
 from .. import audit
 from ..api import Deployment, DeploymentStatus, Experiment
 from ..api.common import APPLIED_BY, DEFAULT_NAMESPACE
 from ..api.deployment import Monitor, MonitorStatus
-from ..api.monitoring import DRIFT, DriftReport, monitor_root
+from ..api.monitoring import DriftReport, monitor_root
 from ..reconcile import retrain as rules
 from ..reconcile.clock import now as _now
+from ..servinglog import newest_report
 from .config import OperatorConfig
 from .kube import CONFLICT_ATTEMPTS, DEPLOYMENTS, EXPERIMENTS, Conflict, Kube
 from .model import record_audit
@@ -40,21 +40,6 @@ def monitor_interval() -> float:
     """Seconds between reads of the drift reports ($AIML024_MONITOR_INTERVAL, default 60)."""
     value = os.environ.get("AIML024_MONITOR_INTERVAL")
     return float(value) if value else 60.0
-
-
-def newest_report(root: str, monitor: str) -> tuple[str, DriftReport] | None:
-    """(its URI, the report) of the monitor's newest report under `root`, if any. Reports are
-    named by their `until` (yyyymmddThhmmssZ), so the last name is the newest."""
-    fs, base = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{DRIFT}/{monitor}")
-    if not fs.exists(base):
-        return None
-    names = sorted(fs.glob(f"{base}/*.json"))
-    if not names:
-        return None
-    with fs.open(names[-1], "rt", encoding="utf-8") as handle:
-        report = DriftReport.model_validate_json(handle.read())
-    scheme = root.split("://", 1)[0] + "://" if "://" in root else ""
-    return scheme + names[-1], report
 
 
 def newest_reports(root: str, monitors: list[str]) -> dict[str, tuple[str, DriftReport]]:

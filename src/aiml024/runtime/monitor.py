@@ -34,9 +34,9 @@ from aiml024.api.deployment import Monitor
 from aiml024.api.monitoring import DRIFT, LATEST_DRIFT, REQUESTS, DriftReport
 from aiml024.files import write_atomic
 
+from ..servinglog import newest_report, read_records
 from .bundle import META_FILE, Bundle, BundleMeta, bundle_digest
 from .drift import compare, read_profile, unwatched
-from .requestlog import read_records
 
 STAMP = "%Y%m%dT%H%M%SZ"  # report and request-log part names
 STABLE = "stable"
@@ -239,14 +239,8 @@ def read_reports(root: str, monitor: str) -> list[DriftReport]:
 
 def last_until(root: str, monitor: str) -> datetime | None:
     """The `until` of the monitor's newest report: where the next run starts."""
-    fs, base = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{DRIFT}/{monitor}")
-    if not fs.exists(base):
-        return None
-    names = sorted(fs.glob(f"{base}/*.json"))
-    if not names:
-        return None
-    with fs.open(names[-1], "rt", encoding="utf-8") as handle:
-        return DriftReport.model_validate_json(handle.read()).until
+    newest = newest_report(root, monitor)
+    return newest[1].until if newest else None
 
 
 # --- alerts -----------------------------------------------------------------------------------

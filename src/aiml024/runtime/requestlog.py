@@ -23,18 +23,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from ..servinglog import KINDS, STAMP
+
 log = logging.getLogger(__name__)
 
-KINDS = ("requests", "feedback")
 FLUSH_SECONDS = 1.0
 FLUSH_RECORDS = 500
-_STAMP = "%Y%m%dT%H%M%SZ"
 # One sequence per process, shared by every log in it: part names never collide.
 _SEQUENCE = itertools.count()
 _SEQUENCE_LOCK = threading.Lock()
@@ -51,7 +50,7 @@ def iso(at: float) -> str:
 
 
 def part_name(at: float, pid: int, seq: int) -> str:
-    return f"part-{datetime.fromtimestamp(at, UTC).strftime(_STAMP)}-{pid}-{seq:06d}.jsonl"
+    return f"part-{datetime.fromtimestamp(at, UTC).strftime(STAMP)}-{pid}-{seq:06d}.jsonl"
 
 
 class RequestLog:
@@ -140,51 +139,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
-
-
-def read_records(
-    root: str, kind: str = "requests", since: datetime | None = None
-) -> Iterator[dict[str, Any]]:
-    """The records under `root` of `kind` ("requests" or "feedback"), part by part in name
-    (time) order; with `since` (aware, or naive UTC), only records at or after it."""
-    import fsspec
-
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    fs, path = fsspec.core.url_to_fs(root.rstrip("/"))
-    directory = f"{path}/{kind}"
-    try:
-        names = sorted(
-            n for n in (p.rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False))
-            if n.startswith("part-") and n.endswith(".jsonl")
-        )  # fmt: skip
-    except FileNotFoundError:
-        return
-    cutoff = None
-    if since is not None:
-        cutoff = since if since.tzinfo else since.replace(tzinfo=UTC)
-    for name in names:
-        if cutoff is not None and _part_time(name) < cutoff.replace(microsecond=0):
-            continue  # written before `since`: every record in it is older
-        for line in fs.cat_file(f"{directory}/{name}").splitlines():
-            if not line.strip():
-                continue
-            record = orjson.loads(line)
-            if cutoff is not None and _record_time(record) < cutoff:
-                continue
-            yield record
-
-
-def _part_time(name: str) -> datetime:
-    try:
-        return datetime.strptime(name.split("-")[1], _STAMP).replace(tzinfo=UTC)
-    except (IndexError, ValueError):
-        return datetime.max.replace(tzinfo=UTC)  # a name we did not write: read it
-
-
-def _record_time(record: dict[str, Any]) -> datetime:
-    try:
-        return datetime.fromisoformat(str(record["at"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return datetime.max.replace(tzinfo=UTC)
-
