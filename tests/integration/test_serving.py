@@ -106,6 +106,11 @@ def test_the_route_owner_reads_the_plan_back_typed() -> None:
     assert RuntimeSettings.read({"sha256": "b" * 64}) == RuntimeSettings("b" * 64)
     pod = {"AIML024_MODEL_SHA256": "c" * 64, "AIML024_DEPLOYMENT": "churn"}
     assert RuntimeSettings.read(None, pod) == RuntimeSettings("c" * 64, "churn")
+    canary_pod = {**pod, "AIML024_ROLE": "canary", "AIML024_REQUEST_LOG": "s3://a/ns/_serving/c/"}
+    read = RuntimeSettings.read(None, canary_pod)
+    assert read.role == "canary" and read.request_log == "s3://a/ns/_serving/c/"
+    with pytest.raises(ValueError, match="AIML024_ROLE"):
+        RuntimeSettings.read(None, {**pod, "AIML024_ROLE": "admin"})
     with pytest.raises(ValueError):
         RuntimeSettings.read({"plan": {"deployment": "churn", "predictors": "nope"}})
 

@@ -64,6 +64,16 @@ SHADOW = {"strategy": {"type": "shadow", "shadow": {"model": "churn-model-2"}}}
 
 
 class TestSeldonDeployment:
+    def test_each_predictor_logs_its_requests_under_its_role(self) -> None:
+        """Monitors, the A/B test and rollouts read the request log by role (CONTRACTS.md)."""
+        spec = {"strategy": {"type": "canary", "canary": {"model": "churn-model-2"}}}
+        sdep = {m["kind"]: m for m in compile_deployment(
+            deployment(spec, namespace="serving"), MODELS, CompileOptions(artifact_store="s3://a")
+        )}["SeldonDeployment"]  # fmt: skip
+        for predictor in sdep["spec"]["predictors"]:
+            assert env(predictor)["AIML024_ROLE"] == predictor["name"]
+            assert env(predictor)["AIML024_REQUEST_LOG"] == "s3://a/serving/_serving/churn/"
+
     def test_outputs_in_order(self) -> None:
         kinds = [m["kind"] for m in compile_deployment(deployment(), MODELS)]
         assert kinds == ["SeldonDeployment", "ServiceMonitor", "PrometheusRule"]
@@ -159,6 +169,8 @@ class TestSeldonDeployment:
             "MLSERVER_MODEL_URI": "s3://bucket/models/churn-model-v1",
             "AIML024_MODEL_SHA256": DIGEST,
             "AIML024_DEPLOYMENT": "churn",
+            "AIML024_REQUEST_LOG": "s3://aiml024-artifacts/default/_serving/churn/",
+            "AIML024_ROLE": "stable",
         }
 
     def test_digest_in_labels_and_annotations(self) -> None:

@@ -175,6 +175,7 @@ def plan_deployment(
 SHA256_ENV = "AIML024_MODEL_SHA256"
 DEPLOYMENT_ENV = "AIML024_DEPLOYMENT"
 REQUEST_LOG_ENV = "AIML024_REQUEST_LOG"
+ROLE_ENV = "AIML024_ROLE"
 
 
 def request_log_root(store_uri: str, namespace: str, deployment: str) -> str:
@@ -194,12 +195,15 @@ class RuntimeSettings:
     serves one model and Seldon splits traffic: no plan, and the digest and the route come from
     the container's environment ($AIML024_MODEL_SHA256, $AIML024_DEPLOYMENT). `request_log`:
     the URI root of the request/response log (`request_log_root`; $AIML024_REQUEST_LOG).
+    `role`: this model's predictor role where no plan says it (a cluster pod; $AIML024_ROLE),
+    which its requests are logged and counted under (A/B outcomes, SLO windows, drift).
     """
 
     sha256: str | None = None
     deployment: str | None = None
     plan: PredictorPlan | None = None
     request_log: str | None = None
+    role: Role | None = None
 
     def __post_init__(self) -> None:
         if self.plan is not None and self.deployment != self.plan.deployment:
@@ -225,7 +229,16 @@ class RuntimeSettings:
             sha256=settings.sha256 or environ.get(SHA256_ENV) or None,
             deployment=settings.deployment or environ.get(DEPLOYMENT_ENV) or None,
             request_log=settings.request_log or environ.get(REQUEST_LOG_ENV) or None,
+            role=settings.role or _role(environ.get(ROLE_ENV)),
         )
+
+
+def _role(value: str | None) -> Role | None:
+    if value is None or value == "":
+        return None
+    if value not in ("stable", "canary", "shadow"):
+        raise ValueError(f"${ROLE_ENV} must be stable, canary or shadow, not {value!r}")
+    return value  # type: ignore[return-value]
 
 
 _SETTINGS = TypeAdapter(RuntimeSettings)

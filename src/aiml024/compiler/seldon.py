@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiml024.api import Deployment
-from aiml024.api.common import DEPLOYMENT_LABEL, GENERATION_LABEL
+from aiml024.api.common import DEFAULT_NAMESPACE, DEPLOYMENT_LABEL, GENERATION_LABEL
 from aiml024.api.labels import MODEL_LABEL, SHA256_LABEL, TASK_LABEL, short_digest
 from aiml024.api.plan import (
     DEPLOYMENT_ENV,
+    REQUEST_LOG_ENV,
+    ROLE_ENV,
     RUNTIME_CLASS,
     SHA256_ENV,
     MissingModel,
@@ -30,6 +32,7 @@ from aiml024.api.plan import (
     PredictorPlan,
     ServedModel,
     plan_deployment,
+    request_log_root,
 )
 
 from .monitoring import compile_monitoring
@@ -52,7 +55,8 @@ def deployment_labels(dep: Deployment) -> dict[str, str]:
     }
 
 
-def _container(dep: Deployment, model: ServedModel, options: CompileOptions) -> dict[str, Any]:
+def _container(dep: Deployment, planned: Predictor, options: CompileOptions) -> dict[str, Any]:
+    model = planned.model
     env = {
         "MLSERVER_MODEL_NAME": dep.metadata.name,
         "MLSERVER_MODEL_VERSION": model.name,
@@ -63,6 +67,11 @@ def _container(dep: Deployment, model: ServedModel, options: CompileOptions) -> 
         env[SHA256_ENV] = model.sha256
     # The runtime also serves the product route /v1/inference/<deployment>:predict.
     env[DEPLOYMENT_ENV] = dep.metadata.name
+    # Every predictor logs its requests under its role where the monitors, the A/B test and
+    # the rollouts read them (the same root as on one machine).
+    namespace = dep.metadata.namespace or DEFAULT_NAMESPACE
+    env[REQUEST_LOG_ENV] = request_log_root(options.artifact_store, namespace, dep.metadata.name)
+    env[ROLE_ENV] = planned.role
     container: dict[str, Any] = {"name": dep.metadata.name, "image": options.image}
     if options.image_pull_policy:
         container["imagePullPolicy"] = options.image_pull_policy
@@ -83,7 +92,7 @@ def _predictor(dep: Deployment, planned: Predictor, options: CompileOptions) -> 
         annotations[SHA256_LABEL] = model.sha256
     if model.task:
         labels[TASK_LABEL] = model.task
-    component: dict[str, Any] = {"spec": {"containers": [_container(dep, model, options)]}}
+    component: dict[str, Any] = {"spec": {"containers": [_container(dep, planned, options)]}}
     autoscaling = dep.spec.autoscaling
     if autoscaling is not None:
         component["hpaSpec"] = {

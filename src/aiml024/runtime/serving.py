@@ -487,8 +487,8 @@ class Aiml024Runtime(MLModel):
 
     def _role(self) -> str:
         plan = self._plan()
-        if plan is None:
-            return "stable"
+        if plan is None:  # a cluster pod: one predictor, its role in the environment
+            return self.runtime.role or "stable"
         return next((p.role for p in plan if p.model.name == self.name), "stable")
 
     def _children(self, endpoint: str) -> Any:
