@@ -286,3 +286,60 @@ def test_strategy_rules_in_the_crd_say_what_the_api_says(
     assert len(found) == 1 and expected in found[0], found
     with pytest.raises(SpecError, match=expected.split(" (")[0]):
         parse_object(document)
+
+
+RETRAIN = {"experiment": "churn", "dataUri": "s3://d/new/"}
+
+
+@pytest.mark.parametrize(
+    ("monitor", "expected"),
+    [
+        ({"action": "retrain"}, "monitor.retrain is required for action retrain"),
+        (
+            {"action": "retrain", "retrain": {**RETRAIN, "steps": [{"weight": 50}, {"weight": 20}]}},
+            "retrain.steps weights must ascend",
+        ),
+        ({"action": "retrain", "retrain": RETRAIN}, None),
+        ({"action": "retrain", "retrain": {**RETRAIN, "steps": [{"weight": 30}]}}, None),
+    ],
+)
+def test_monitor_rules_in_the_crd_say_what_the_api_says(
+    monitor: dict[str, Any], expected: str | None
+) -> None:
+    from tests.integration.emulator import cel
+
+    document = {
+        "apiVersion": "aiml024.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"model": "v1", "monitors": [monitor]},
+    }
+    found = [str(v) for v in cel.validate(schema("Deployment"), document)]
+    if expected is None:
+        assert found == []
+        parse_object(document)
+        return
+    assert len(found) == 1 and expected in found[0], found
+    with pytest.raises(SpecError, match=expected):
+        parse_object(document)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [[{"weight": 100}], []],
+    ids=["a step of 100% (that is a promotion, which the policy must allow)", "no step"],
+)
+def test_retrain_steps_that_would_skip_the_gate_or_stall_are_refused(
+    steps: list[dict[str, Any]],
+) -> None:
+    document = {
+        "apiVersion": "aiml024.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"model": "v1", "monitors": [
+            {"action": "retrain", "retrain": {**RETRAIN, "steps": steps}}
+        ]},
+    }  # fmt: skip
+    assert validate_against_crd(document, crd_path("Deployment"))
+    with pytest.raises(SpecError, match="retrain.steps"):
+        parse_object(document)

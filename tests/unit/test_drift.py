@@ -400,3 +400,14 @@ def test_the_operator_reads_the_newest_report_back(
     )  # fmt: skip
     assert record.kind == "retrain" and record.details["generation"] == 4
     assert "tenure" in record.details["drifted"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data/", "http://localhost.evil.example/", "ftp://x/"]
+)
+def test_a_webhook_over_plain_http_may_only_reach_this_machine(url: str) -> None:
+    """The monitor posts with the runtime's identity: no plain-HTTP reach into a cluster."""
+    with pytest.raises(ValueError, match="webhook"):
+        Monitor(webhook=url)
+    assert Monitor(webhook="https://hooks.slack.com/services/T/B/x").webhook
+    assert Monitor(webhook="http://127.0.0.1:8080/alerts").webhook

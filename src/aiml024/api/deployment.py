@@ -11,7 +11,9 @@ from .common import API_VERSION, ObjectMeta, StatusBase, Strict
 
 
 class CanaryStep(Strict):
-    weight: int = Field(ge=1, le=100, description="Percent of live traffic to the canary.")
+    # At most 99: all of the traffic is a promotion, which the deployment policy must allow for
+    # the candidate alone; it comes after the last step.
+    weight: int = Field(ge=1, le=99, description="Percent of live traffic to the canary.")
     pause_seconds: int = Field(
         default=300,
         ge=0,
@@ -38,12 +40,15 @@ class Canary(Strict):
 
     @model_validator(mode="after")
     def _ascending(self) -> Canary:
-        weights = [step.weight for step in self.steps]
-        if any(later <= earlier for earlier, later in zip(weights, weights[1:], strict=False)):
-            raise ValueError(
-                f"canary.steps weights must ascend (each above the one before), got {weights}"
-            )
+        ascending_steps("canary.steps", self.steps)
         return self
+
+
+def ascending_steps(where: str, steps: list[CanaryStep]) -> None:
+    """Refuse canary steps whose weights do not ascend (each above the one before)."""
+    weights = [step.weight for step in steps]
+    if any(later <= earlier for earlier, later in zip(weights, weights[1:], strict=False)):
+        raise ValueError(f"{where} weights must ascend (each above the one before), got {weights}")
 
 
 class Shadow(Strict):
@@ -137,8 +142,15 @@ class Retrain(Strict):
     )
     steps: list[CanaryStep] = Field(
         default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)],
+        min_length=1,
+        max_length=20,
         description="The canary steps the retrained Model rolls out through.",
     )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> Retrain:
+        ascending_steps("retrain.steps", self.steps)
+        return self
 
 
 class Monitor(Strict):
@@ -168,8 +180,10 @@ class Monitor(Strict):
     action: Literal["alert", "retrain"] = "alert"
     webhook: str | None = Field(
         default=None,
-        pattern=r"^https?://",
-        description="Slack-compatible incoming-webhook URL that gets each alert.",
+        # https, or plain http to this machine's loopback only: a cluster's monitor Pod must not
+        # reach internal plain-HTTP services (cloud metadata) with the runtime's identity.
+        pattern=r"^(https://|http://(127\.0\.0\.1|localhost)(:[0-9]+)?(/|$))",
+        description="Slack-compatible incoming-webhook URL (https) that gets each alert.",
     )
     retrain: Retrain | None = None
 

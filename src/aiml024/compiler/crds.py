@@ -94,11 +94,20 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             ("bluegreen", "blueGreen"),
         )
     ],
-    "Canary": [
+    **{
+        kind: [
+            _rule(
+                "!has(self.steps) || (self.steps.map(s, s.weight).isSorted() && "
+                "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)))",
+                f"{where}.steps weights must ascend (each above the one before)",
+            ),
+        ]
+        for kind, where in (("Canary", "canary"), ("Retrain", "retrain"))
+    },
+    "Monitor": [
         _rule(
-            "!has(self.steps) || (self.steps.map(s, s.weight).isSorted() && "
-            "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)))",
-            "canary.steps weights must ascend (each above the one before)",
+            "!has(self.action) || self.action != 'retrain' || has(self.retrain)",
+            "monitor.retrain is required for action retrain",
         ),
     ],
     "AbTest": [
