@@ -296,6 +296,11 @@ class TestDriftMonitors:
         dep = deployment({**MONITORS, **(spec or {})}, **metadata)
         return [m for m in compile_deployment(dep, MODELS) if m["kind"] == "CronWorkflow"]
 
+    def test_argo_template_syntax_in_a_monitor_is_refused(self) -> None:
+        spec = {"monitors": [{"name": "m", "features": ["{{workflow.parameters.spec}}"]}]}
+        with pytest.raises(CompileError, match="Argo template syntax"):
+            self.crons(spec)
+
     def test_each_monitor_is_a_cron_workflow_on_its_schedule(self) -> None:
         inputs, retrain = self.crons(namespace="ml")
         assert inputs["metadata"]["name"] == "churn-inputs-drift"

@@ -23,7 +23,7 @@ from aiml024.api.deployment import Monitor
 from aiml024.api.monitoring import monitor_root
 from aiml024.api.plan import PredictorPlan
 
-from .options import CompileOptions, canonical_json, child_name
+from .options import CompileError, CompileOptions, canonical_json, child_name
 
 SERVER_METRIC = "seldon_api_executor_server_requests_seconds"
 DRIFT_METRIC = "aiml024_drift_score"
@@ -172,6 +172,12 @@ def drift_cron_workflow(
         "model-uri": stable.artifact_uri,
         "root": monitor_root(options.artifact_store, namespace, dep.metadata.name),
     }
+    if "{{" in args["monitor"]:
+        # Argo would substitute it in a step that runs as aiml024-runtime.
+        raise CompileError(
+            f"spec.monitors[{monitor.name}]: '{{{{' is Argo template syntax; it may not appear "
+            "in a monitor's fields"
+        )
     container: dict[str, Any] = {"image": options.image}
     if options.image_pull_policy:
         container["imagePullPolicy"] = options.image_pull_policy
