@@ -519,6 +519,11 @@ class LocalControlPlane:
                     watch.watch(self, name, now or _now(), say=say)
                 except ApplyError as error:
                     say(str(error))
+                except Exception as error:  # one Deployment's failure must not stop the rest
+                    say(f"deployment {name}: {type(error).__name__}: {error}")
+                    self.store.record_event(
+                        manifest, "Warning", "WatchFailed", f"{type(error).__name__}: {error}"
+                    )
                 dep = Deployment.model_validate(self.store.get("Deployment", name))
                 needed = needed or watch.needs_watching(dep)
             return needed
